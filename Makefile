@@ -1,0 +1,33 @@
+# Two commands for a fresh clone: `make test` and `make demo`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch first, pinned: the local CPU wheel (a bare `torch` would pull a CUDA build). Never torchvision.
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest exits 5 when it collects nothing; that is a failure of the suite, not a pass.
+test: install
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+demo: install
+	@echo "The Gradio demo is coming (issue: Gradio demo Space); see README.md for the quickstart meanwhile."
+
+bench: install
+	$(PY) benchmarks/vit_clip.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

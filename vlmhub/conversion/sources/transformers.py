@@ -1,0 +1,122 @@
+"""transformers' own checkpoints (model_type `vit`, `clip`): a saved folder -> the matching vlmhub model.
+
+The keys are read from the saved files (not from transformers' in-memory module names), so checkpoints saved by
+any transformers version convert the same way.
+"""
+
+import json
+from pathlib import Path
+
+from ...configuration.clip import CLIPConfig
+from ...configuration.vit import ViTConfig
+from ...modeling.clip import CLIPModel
+from ...modeling.vit import ViTForImageClassification, ViTModel
+from ..checkpoint import read_state_dict
+from ..engine import ConversionError, Rule, load_into
+from ..transforms import squeeze_batch
+
+
+def vit_table(p: str) -> list[Rule]:
+    """transformers ViT (`{p}embeddings...`, `{p}encoder.layer.N...`) -> our ViT (`{p}vision_model...`)."""
+    src, emb = p.replace(".", r"\."), p + "vision_model.embeddings."
+    layer, block = p + "vision_model.encoder.layers.{0}.", src + r"encoder\.layer\.(\d+)\."
+    rules = [
+        Rule(src + r"embeddings\.cls_token", emb + "class_embedding", squeeze_batch),
+        Rule(src + r"embeddings\.position_embeddings", emb + "position_embedding", squeeze_batch),
+        Rule(src + r"embeddings\.patch_embeddings\.projection\.(weight|bias)", emb + "patch_embedding.{0}"),
+        Rule(src + r"embeddings\.mask_token", None),  # masked-image-modelling only
+        Rule(block + r"layernorm_before\.(weight|bias)", layer + "layer_norm1.{1}"),
+        Rule(block + r"attention\.output\.dense\.(weight|bias)", layer + "self_attn.o_proj.{1}"),
+        Rule(block + r"layernorm_after\.(weight|bias)", layer + "layer_norm2.{1}"),
+        Rule(block + r"intermediate\.dense\.(weight|bias)", layer + "mlp.fc1.{1}"),
+        Rule(block + r"output\.dense\.(weight|bias)", layer + "mlp.fc2.{1}"),
+        Rule(src + r"layernorm\.(weight|bias)", p + "vision_model.post_layernorm.{0}"),
+        Rule(src + r"pooler\.dense\.(weight|bias)", p + "pooler.dense.{0}"),
+        Rule(r"classifier\.(weight|bias)", "classifier.{0}"),
+    ]
+    for theirs, ours in (("query", "q"), ("key", "k"), ("value", "v")):
+        rules.append(Rule(block + rf"attention\.attention\.{theirs}\.(weight|bias)", layer + f"self_attn.{ours}_proj.{{1}}"))
+    return rules
+
+
+def clip_table() -> list[Rule]:
+    rules = [
+        Rule(r"vision_model\.pre_layrnorm\.(weight|bias)", "vision_model.pre_layernorm.{0}"),
+        Rule(r"vision_model\.embeddings\.position_embedding\.weight", "vision_model.embeddings.position_embedding"),
+        Rule(r"(vision|text)_model\.embeddings\.position_ids", None),  # a non-persistent buffer in old checkpoints
+        Rule(r"(vision|text)_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+             "{0}_model.encoder.layers.{1}.self_attn.o_proj.{2}"),
+    ]
+    same = [  # names that transformers and vlmhub share
+        r"vision_model\.embeddings\.(class_embedding|patch_embedding\.weight)",
+        r"(vision|text)_model\.encoder\.layers\.\d+\.(layer_norm[12]|mlp\.fc[12]|self_attn\.[qkv]_proj)\.(weight|bias)",
+        r"vision_model\.post_layernorm\.(weight|bias)",
+        r"text_model\.embeddings\.(token|position)_embedding\.weight",
+        r"text_model\.final_layer_norm\.(weight|bias)",
+        r"(visual|text)_projection\.weight",
+        r"logit_scale",
+    ]
+    return rules + [Rule(f"({pattern})", "{0}") for pattern in same]
+
+
+VIT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+            "layer_norm_eps", "patch_size", "num_channels", "qkv_bias", "initializer_range")
+
+
+def vit_config(hf: dict) -> ViTConfig:
+    kwargs = {k: hf[k] for k in VIT_KEYS if k in hf}
+    kwargs.update(_square(hf.get("image_size", 224), "image_size"), _square(hf.get("patch_size", 16), "patch_size"))
+    labels = {k: hf[k] for k in ("id2label", "label2id") if hf.get(k)}
+    return ViTConfig(**kwargs, **labels, pooler_output_size=hf.get("pooler_output_size"), pooler_act=hf.get("pooler_act", "tanh"),
+                     patch_bias=True, pre_layernorm=False, post_layernorm="all")
+
+
+def clip_config(hf: dict) -> CLIPConfig:
+    text, vision = dict(hf.get("text_config") or {}), dict(hf.get("vision_config") or {})
+    for sub in (text, vision):
+        for key in ("model_type", "transformers_version", "architectures", "dtype", "torch_dtype"):
+            sub.pop(key, None)
+    vision.update(_square(vision.get("image_size", 224), "image_size"), _square(vision.get("patch_size", 32), "patch_size"))
+    # transformers pools at the highest id when eos_token_id is the legacy 2 (OpenAI's rule), else at the first eos.
+    text["pooling"] = "argmax" if text.get("eos_token_id", 2) == 2 else "eos"
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=hf.get("projection_dim", 512),
+                      logit_scale_init_value=hf.get("logit_scale_init_value", 2.6592))
+
+
+def _square(value, name: str) -> dict:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConversionError(f"Non-square {name} {value} is not supported")
+        value = value[0]
+    return {name: value}
+
+
+def convert(input_path, **options):
+    folder = Path(input_path)
+    if not (folder / "config.json").exists():
+        raise ConversionError(f"{folder} is not a saved transformers model folder (no config.json)")
+    hf = json.loads((folder / "config.json").read_text())
+    sd = read_state_dict(folder)
+    model_type, arch = hf.get("model_type"), (hf.get("architectures") or [""])[0]
+    if model_type == "vit":
+        config = vit_config(hf)
+        if arch == "ViTForImageClassification":
+            model, table = ViTForImageClassification(config), vit_table("vit.")
+        else:
+            config.add_pooling_layer = "pooler.dense.weight" in sd
+            model, table = ViTModel(config), vit_table("")
+    elif model_type == "clip":
+        if arch not in ("", "CLIPModel"):
+            raise ConversionError(f"transformers {arch} checkpoints are not supported; convert a full CLIPModel")
+        model, table = CLIPModel(clip_config(hf)), clip_table()
+    else:
+        raise ConversionError(f"transformers model_type {model_type!r} has no vlmhub conversion (supported: vit, clip)")
+    load_into(model, sd, table)
+    return model.eval(), _processor(folder, model_type)
+
+
+def _processor(folder: Path, model_type: str):
+    """Our processor with the saved preprocessing settings and tokenizer, when the folder has them."""
+    from ...processing.convert import processor_from_transformers
+
+    return processor_from_transformers(folder, model_type)

@@ -1,0 +1,43 @@
+"""Small named tensor transforms used by the key tables."""
+
+import torch
+
+
+def split_qkv(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A packed [q; k; v] projection (3D, ...) -> q, k, v (nn.MultiheadAttention, timm `qkv`)."""
+    q, k, v = t.chunk(3, dim=0)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def transpose(t: torch.Tensor) -> torch.Tensor:
+    """x @ W projections (OpenAI `proj`, Flax `kernel`) -> nn.Linear weight (out, in)."""
+    return t.t().contiguous()
+
+
+def squeeze_batch(t: torch.Tensor) -> torch.Tensor:
+    """(1, N, D) -> (N, D): timm/ViT `pos_embed`, (1, 1, D) -> (D,): `cls_token`."""
+    return t.reshape(t.shape[-2], t.shape[-1]) if t.shape[-2] > 1 else t.reshape(-1)
+
+
+def conv_hwio_to_oihw(t: torch.Tensor) -> torch.Tensor:
+    """Flax conv kernel (H, W, in, out) -> torch Conv2d weight (out, in, H, W)."""
+    return t.permute(3, 2, 0, 1).contiguous()
+
+
+def flax_heads_in(t: torch.Tensor) -> torch.Tensor:
+    """Flax attention q/k/v kernel (D, heads, head_dim) -> Linear weight (heads*head_dim, D)."""
+    return t.reshape(t.shape[0], -1).t().contiguous()
+
+
+def flax_heads_out(t: torch.Tensor) -> torch.Tensor:
+    """Flax attention out kernel (heads, head_dim, D) -> Linear weight (D, heads*head_dim)."""
+    return t.reshape(-1, t.shape[-1]).t().contiguous()
+
+
+def flatten(t: torch.Tensor) -> torch.Tensor:
+    """Flax per-head bias (heads, head_dim) -> (heads*head_dim,)."""
+    return t.reshape(-1)
+
+
+def scalar(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(())

@@ -1,0 +1,97 @@
+"""The one multi-head attention of vlmhub: self- or cross-attention on SDPA, with an optional KV cache.
+
+Separate q/k/v/o projections keep the names LoRA targets (q_proj, v_proj) and make checkpoint keys map 1:1.
+The kernel comes from transformers' registry (`config._attn_implementation`: sdpa by default, eager, flash, flex);
+eager is used for a call that asks for the attention weights, since SDPA does not return them.
+"""
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal=None, **kwargs):
+    """Reference attention that also returns the weights. query (B, nh, T, hs), key/value (B, nkv, S, hs)."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+        else:
+            weights = weights + attention_mask
+    elif (module.is_causal if is_causal is None else is_causal) and query.shape[2] > 1:
+        causal = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
+        causal = causal.tril(key.shape[2] - query.shape[2])
+        weights = weights.masked_fill(~causal, torch.finfo(weights.dtype).min)
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return out, weights
+
+
+class Attention(nn.Module):
+    """Multi-head attention over `hidden_states`, or over `context` when given (cross-attention).
+
+    hidden_states (B, T, D) -> (B, T, D). `context` (B, S, kv_dim) supplies keys and values. `attention_mask` is
+    boolean (True = attend) or additive, broadcastable to (B, nh, T, S). Grouped-query attention via num_kv_heads.
+    """
+
+    def __init__(
+        self,
+        config,
+        *,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        k_bias: bool | None = None,
+        out_bias: bool = True,
+        is_causal: bool = False,
+        dropout: float = 0.0,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.config = config  # read at call time: set_attn_implementation() switches kernels live
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads  # name read by transformers' sdpa
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = is_causal
+        self.dropout = dropout
+        self.layer_idx = layer_idx
+        kv_dim = kv_dim or hidden_size
+        kv_out = self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, kv_out, bias=bias if k_bias is None else k_bias)
+        self.v_proj = nn.Linear(kv_dim, kv_out, bias=bias)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=out_bias)
+
+    def forward(self, hidden_states, context=None, attention_mask=None, past_key_values=None, output_attentions=False):
+        B, T, _ = hidden_states.shape
+        source = hidden_states if context is None else context
+        q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(source).view(B, source.shape[1], -1, self.head_dim).transpose(1, 2)  # (B, nkv, S, hs)
+        v = self.v_proj(source).view(B, source.shape[1], -1, self.head_dim).transpose(1, 2)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+
+        if output_attentions:
+            attend = eager_attention
+        else:
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        out, weights = attend(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=self.is_causal and context is None,
+        )
+        out = self.o_proj(out.reshape(B, T, -1))
+        return out, weights
