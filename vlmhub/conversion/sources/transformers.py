@@ -65,7 +65,7 @@ VIT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermed
 
 def vit_config(hf: dict) -> ViTConfig:
     kwargs = {k: hf[k] for k in VIT_KEYS if k in hf}
-    kwargs.update(_square(hf.get("image_size", 224), "image_size"), _square(hf.get("patch_size", 16), "patch_size"))
+    kwargs |= _square(hf.get("image_size", 224), "image_size") | _square(hf.get("patch_size", 16), "patch_size")
     labels = {k: hf[k] for k in ("id2label", "label2id") if hf.get(k)}
     return ViTConfig(**kwargs, **labels, pooler_output_size=hf.get("pooler_output_size"), pooler_act=hf.get("pooler_act", "tanh"),
                      patch_bias=True, pre_layernorm=False, post_layernorm="all")
@@ -76,7 +76,7 @@ def clip_config(hf: dict) -> CLIPConfig:
     for sub in (text, vision):
         for key in ("model_type", "transformers_version", "architectures", "dtype", "torch_dtype"):
             sub.pop(key, None)
-    vision.update(_square(vision.get("image_size", 224), "image_size"), _square(vision.get("patch_size", 32), "patch_size"))
+    vision |= _square(vision.get("image_size", 224), "image_size") | _square(vision.get("patch_size", 32), "patch_size")
     # transformers pools at the highest id when eos_token_id is the legacy 2 (OpenAI's rule), else at the first eos.
     text["pooling"] = "argmax" if text.get("eos_token_id", 2) == 2 else "eos"
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=hf.get("projection_dim", 512),
