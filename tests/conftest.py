@@ -15,12 +15,12 @@ def _seed():
 
 def tiny_vision(**overrides) -> dict:
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
-                patch_size=4, **overrides)
+                patch_size=4) | overrides
 
 
 def tiny_text(**overrides) -> dict:
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=99,
-                max_position_embeddings=12, bos_token_id=96, eos_token_id=97, pad_token_id=0, **overrides)
+                max_position_embeddings=12, bos_token_id=96, eos_token_id=97, pad_token_id=0) | overrides
 
 
 def text_ids(batch: int, length: int, eos: int = 97, vocab: int = 96, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,3 +104,20 @@ def test_clip_loss_matches(tmp_path):
         a = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
         b = ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
     assert max_diff(a, b) <= ATOL
+
+
+def test_processor_settings_and_tokenizer_carry_over(tmp_path):
+    """A transformers folder with a processor converts to our processor with the same preprocessing."""
+    hf = transformers.CLIPModel(hf_clip_config())
+    image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                                         image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4])
+    hf_processor = transformers.CLIPProcessor(image_processor=image_processor, tokenizer=vlmhub.build_clip_tokenizer())
+    hf_processor.save_pretrained(tmp_path / "hf")
+    converted(hf, tmp_path)
+    ours = transformers.AutoProcessor.from_pretrained(tmp_path / "ours")
+    assert type(ours) is vlmhub.VlmhubCLIPProcessor and type(ours.image_processor) is vlmhub.VlmhubCLIPImageProcessor
+    images = [torch.randint(0, 256, (3, 20, 16), dtype=torch.uint8), torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8)]
+    kwargs = dict(text=["a red circle", "two blue squares"], images=images, padding=True, return_tensors="pt")
+    a, b = hf_processor(**kwargs), ours(**kwargs)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["attention_mask"], b["attention_mask"])
+    assert max_diff(a["pixel_values"], b["pixel_values"]) <= 1e-6

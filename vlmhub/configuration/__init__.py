@@ -1,5 +1,5 @@
-from .clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from .clip import VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig
 from .common import VisionTowerConfig
-from .vit import ViTConfig
+from .vit import VlmhubViTConfig
 
-__all__ = ["CLIPConfig", "CLIPTextConfig", "CLIPVisionConfig", "VisionTowerConfig", "ViTConfig"]
+__all__ = ["VisionTowerConfig", "VlmhubCLIPConfig", "VlmhubCLIPTextConfig", "VlmhubCLIPVisionConfig", "VlmhubViTConfig"]

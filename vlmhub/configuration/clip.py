@@ -7,7 +7,7 @@ from .common import ACTIVATIONS, VisionTowerConfig
 TEXT_POOLINGS = ("eos", "argmax")
 
 
-class CLIPVisionConfig(VisionTowerConfig):
+class VlmhubCLIPVisionConfig(VisionTowerConfig):
     model_type = "vlmhub_clip_vision_model"
 
     patch_size: int = 32
@@ -15,7 +15,7 @@ class CLIPVisionConfig(VisionTowerConfig):
     projection_dim: int = 512
 
 
-class CLIPTextConfig(PretrainedConfig):
+class VlmhubCLIPTextConfig(PretrainedConfig):
     model_type = "vlmhub_clip_text_model"
     base_config_key = "text_config"
 
@@ -55,12 +55,12 @@ class CLIPTextConfig(PretrainedConfig):
             self.k_bias = self.qkv_bias
 
 
-class CLIPConfig(PretrainedConfig):
+class VlmhubCLIPConfig(PretrainedConfig):
     model_type = "vlmhub_clip"
-    sub_configs_defaults = {"text_config": CLIPTextConfig, "vision_config": CLIPVisionConfig}
+    sub_configs_defaults = {"text_config": VlmhubCLIPTextConfig, "vision_config": VlmhubCLIPVisionConfig}
 
-    text_config: dict | CLIPTextConfig | None = None
-    vision_config: dict | CLIPVisionConfig | None = None
+    text_config: dict | VlmhubCLIPTextConfig | None = None
+    vision_config: dict | VlmhubCLIPVisionConfig | None = None
     # Width of the shared image-text embedding space.
     projection_dim: int = 512
     # Initial log temperature of the contrastive logits (log(1/0.07) as in the paper).

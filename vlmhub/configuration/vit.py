@@ -3,7 +3,7 @@
 from .common import VisionTowerConfig
 
 
-class ViTConfig(VisionTowerConfig):
+class VlmhubViTConfig(VisionTowerConfig):
     """Defaults of google/vit-base-patch16-224 (the transformers `vit` model type)."""
 
     model_type = "vlmhub_vit"
@@ -17,7 +17,7 @@ class ViTConfig(VisionTowerConfig):
     # Width of the tanh pooler on the class token (transformers' ViTPooler); None means hidden_size.
     pooler_output_size: int | None = None
     pooler_act: str = "tanh"
-    # Whether ViTModel builds that pooler (transformers takes this as a constructor argument; we keep it in the
+    # Whether VlmhubViTModel builds that pooler (transformers takes this as a constructor argument; we keep it in the
     # config too, so a converted headless checkpoint without a pooler reloads through AutoModel unchanged).
     add_pooling_layer: bool = True
 

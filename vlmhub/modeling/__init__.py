@@ -1,12 +1,12 @@
-from .clip import CLIPModel, CLIPPreTrainedModel, CLIPTextModel, CLIPVisionModel
-from .vit import ViTForImageClassification, ViTModel, ViTPreTrainedModel
+from .clip import VlmhubCLIPModel, VlmhubCLIPPreTrainedModel, VlmhubCLIPTextModel, VlmhubCLIPVisionModel
+from .vit import VlmhubViTForImageClassification, VlmhubViTModel, VlmhubViTPreTrainedModel
 
 __all__ = [
-    "CLIPModel",
-    "CLIPPreTrainedModel",
-    "CLIPTextModel",
-    "CLIPVisionModel",
-    "ViTForImageClassification",
-    "ViTModel",
-    "ViTPreTrainedModel",
+    "VlmhubCLIPModel",
+    "VlmhubCLIPPreTrainedModel",
+    "VlmhubCLIPTextModel",
+    "VlmhubCLIPVisionModel",
+    "VlmhubViTForImageClassification",
+    "VlmhubViTModel",
+    "VlmhubViTPreTrainedModel",
 ]

@@ -1,6 +1,6 @@
 """CLIP: the shared ViT as image tower, the shared encoder (causal) as text tower, two projections, a temperature.
 
-Same inputs and outputs as transformers' CLIPModel / CLIPVisionModel / CLIPTextModel.
+Same inputs and outputs as transformers' VlmhubCLIPModel / VlmhubCLIPVisionModel / VlmhubCLIPTextModel.
 """
 
 import torch
@@ -10,7 +10,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils.generic import can_return_tuple
 
-from ..configuration.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from ..configuration.clip import VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig
 from .blocks import Encoder, VisionTransformer
 from .pretrained import VlmhubPreTrainedModel
 from .vit import _flag
@@ -22,8 +22,8 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     return (nn.functional.cross_entropy(logits_per_text, target) + nn.functional.cross_entropy(logits_per_text.t(), target)) / 2
 
 
-class CLIPPreTrainedModel(VlmhubPreTrainedModel):
-    config_class = CLIPConfig
+class VlmhubCLIPPreTrainedModel(VlmhubPreTrainedModel):
+    config_class = VlmhubCLIPConfig
     base_model_prefix = "clip"
     input_modalities = ("image", "text")
     _no_split_modules = ["EncoderLayer", "VisionEmbeddings", "CLIPTextEmbeddings"]
@@ -31,12 +31,12 @@ class CLIPPreTrainedModel(VlmhubPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, CLIPModel):
+        if isinstance(module, VlmhubCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
 class CLIPTextEmbeddings(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config: VlmhubCLIPTextConfig):
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -53,7 +53,7 @@ class CLIPTextEmbeddings(nn.Module):
 class CLIPTextTransformer(nn.Module):
     """tokens -> embeddings -> causal encoder -> final_layer_norm; pooled = the end-of-text token's state."""
 
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config: VlmhubCLIPTextConfig):
         super().__init__()
         self.config = config
         self.embeddings = CLIPTextEmbeddings(config)
@@ -83,11 +83,11 @@ def _causal_padding_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
     return causal[None, None] & attention_mask.bool()[:, None, None, :]
 
 
-class CLIPTextModel(CLIPPreTrainedModel):
-    config_class = CLIPTextConfig
+class VlmhubCLIPTextModel(VlmhubCLIPPreTrainedModel):
+    config_class = VlmhubCLIPTextConfig
     input_modalities = ("text",)
 
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config: VlmhubCLIPTextConfig):
         super().__init__(config)
         self.text_model = CLIPTextTransformer(config)
         self.post_init()
@@ -109,12 +109,12 @@ class CLIPTextModel(CLIPPreTrainedModel):
         )
 
 
-class CLIPVisionModel(CLIPPreTrainedModel):
-    config_class = CLIPVisionConfig
+class VlmhubCLIPVisionModel(VlmhubCLIPPreTrainedModel):
+    config_class = VlmhubCLIPVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
-    def __init__(self, config: CLIPVisionConfig):
+    def __init__(self, config: VlmhubCLIPVisionConfig):
         super().__init__(config)
         self.vision_model = VisionTransformer(config)
         self.post_init()
@@ -132,8 +132,8 @@ class CLIPVisionModel(CLIPPreTrainedModel):
         )
 
 
-class CLIPModel(CLIPPreTrainedModel):
-    def __init__(self, config: CLIPConfig):
+class VlmhubCLIPModel(VlmhubCLIPPreTrainedModel):
+    def __init__(self, config: VlmhubCLIPConfig):
         super().__init__(config)
         self.text_model = CLIPTextTransformer(config.text_config)
         self.vision_model = VisionTransformer(config.vision_config)

@@ -1,6 +1,6 @@
 """ViT: the shared vision tower, a tanh pooler on the class token, and an image-classification head.
 
-Same inputs and outputs as transformers' ViTModel / ViTForImageClassification.
+Same inputs and outputs as transformers' VlmhubViTModel / VlmhubViTForImageClassification.
 """
 
 import torch
@@ -9,20 +9,20 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils.generic import can_return_tuple
 
-from ..configuration.vit import ViTConfig
+from ..configuration.vit import VlmhubViTConfig
 from .blocks import VisionTransformer
 from .pretrained import VlmhubPreTrainedModel
 
 
-class ViTPreTrainedModel(VlmhubPreTrainedModel):
-    config_class = ViTConfig
+class VlmhubViTPreTrainedModel(VlmhubPreTrainedModel):
+    config_class = VlmhubViTConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
 
 class ViTPooler(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: VlmhubViTConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.pooler_output_size)
         self.act = ACT2FN[config.pooler_act]
@@ -31,8 +31,8 @@ class ViTPooler(nn.Module):
         return self.act(self.dense(last_hidden_state[:, 0]))
 
 
-class ViTModel(ViTPreTrainedModel):
-    def __init__(self, config: ViTConfig, add_pooling_layer: bool | None = None):
+class VlmhubViTModel(VlmhubViTPreTrainedModel):
+    def __init__(self, config: VlmhubViTConfig, add_pooling_layer: bool | None = None):
         super().__init__(config)
         self.vision_model = VisionTransformer(config)
         add_pooling_layer = config.add_pooling_layer if add_pooling_layer is None else add_pooling_layer
@@ -61,11 +61,11 @@ class ViTModel(ViTPreTrainedModel):
         return out
 
 
-class ViTForImageClassification(ViTPreTrainedModel):
-    def __init__(self, config: ViTConfig):
+class VlmhubViTForImageClassification(VlmhubViTPreTrainedModel):
+    def __init__(self, config: VlmhubViTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = ViTModel(config, add_pooling_layer=False)
+        self.vit = VlmhubViTModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 

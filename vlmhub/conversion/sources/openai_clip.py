@@ -4,8 +4,8 @@ import re
 
 import torch
 
-from ...configuration.clip import CLIPConfig
-from ...modeling.clip import CLIPModel
+from ...configuration.clip import VlmhubCLIPConfig
+from ...modeling.clip import VlmhubCLIPModel
 from ..checkpoint import read_state_dict
 from ..engine import ConversionError, Rule, load_into
 from ..transforms import split_qkv, transpose
@@ -43,7 +43,7 @@ TABLE = [
 ]
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor]) -> CLIPConfig:
+def config_from_state_dict(sd: dict[str, torch.Tensor]) -> VlmhubCLIPConfig:
     """OpenAI stores no config: every size comes from a shape; heads are width // 64 as in clip.model.build_model."""
     if "visual.conv1.weight" not in sd:
         if any(k.startswith("visual.layer1.") for k in sd):
@@ -53,7 +53,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> CLIPConfig:
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     text_width = sd["ln_final.weight"].shape[0]
     vocab = sd["token_embedding.weight"].shape[0]
-    return CLIPConfig(
+    return VlmhubCLIPConfig(
         projection_dim=sd["visual.proj"].shape[1],
         logit_scale_init_value=float(sd["logit_scale"]),
         vision_config=dict(
@@ -96,18 +96,18 @@ def _count_blocks(sd, prefix: str) -> int:
 def convert(input_path, **options):
     sd = read_state_dict(input_path)
     config = config_from_state_dict(sd)
-    model = load_into(CLIPModel(config), sd, TABLE).eval()
+    model = load_into(VlmhubCLIPModel(config), sd, TABLE).eval()
     return model, _processor(config)
 
 
-def _processor(config: CLIPConfig):
+def _processor(config: VlmhubCLIPConfig):
     """OpenAI's preprocessing at the model's resolution; the BPE tokenizer when the vocabulary is OpenAI's."""
-    from ...processing.clip import CLIPImageProcessor, CLIPProcessor
+    from ...processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
     from ...processing.tokenization import build_clip_tokenizer
 
     size = config.vision_config.image_size
-    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    image_processor = VlmhubCLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     if config.text_config.vocab_size != 49408:
         return image_processor  # a custom vocabulary: no tokenizer we can rebuild
     tokenizer = build_clip_tokenizer(model_max_length=config.text_config.max_position_embeddings)
-    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return VlmhubCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)

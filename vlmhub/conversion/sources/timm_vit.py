@@ -4,8 +4,8 @@ import re
 
 import torch
 
-from ...configuration.vit import ViTConfig
-from ...modeling.vit import ViTForImageClassification, ViTModel
+from ...configuration.vit import VlmhubViTConfig
+from ...modeling.vit import VlmhubViTForImageClassification, VlmhubViTModel
 from ..checkpoint import read_state_dict
 from ..engine import ConversionError, Rule, load_into
 from ..transforms import conv_hwio_to_oihw, flatten, flax_heads_in, flax_heads_out, split_qkv, squeeze_batch, transpose
@@ -64,7 +64,7 @@ def _npz_table(p: str) -> list[Rule]:
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 
-def config_from_state_dict(sd, is_npz: bool, num_attention_heads: int | None) -> ViTConfig:
+def config_from_state_dict(sd, is_npz: bool, num_attention_heads: int | None) -> VlmhubViTConfig:
     pos = sd["Transformer/posembed_input/pos_embedding" if is_npz else "pos_embed"]
     patch_weight = sd["embedding/kernel" if is_npz else "patch_embed.proj.weight"]
     width, patch = pos.shape[-1], (patch_weight.shape[0] if is_npz else patch_weight.shape[-1])
@@ -83,7 +83,7 @@ def config_from_state_dict(sd, is_npz: bool, num_attention_heads: int | None) ->
     mlp = sd["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].shape[1] if is_npz else sd["blocks.0.mlp.fc1.weight"].shape[0]
     head = sd.get("head/kernel" if is_npz else "head.weight")
     num_labels = 0 if head is None else head.shape[1 if is_npz else 0]
-    return ViTConfig(
+    return VlmhubViTConfig(
         hidden_size=width,
         intermediate_size=mlp,
         num_hidden_layers=_count_blocks(sd, r"Transformer/encoderblock_(\d+)/" if is_npz else r"blocks\.(\d+)\."),
@@ -108,14 +108,14 @@ def convert(input_path, num_attention_heads: int | None = None, **options):
     if not is_npz and "pos_embed" not in sd:
         raise ConversionError(f"{input_path} is neither a timm ViT state dict (pos_embed) nor a Google ViT .npz (cls)")
     config, has_head = config_from_state_dict(sd, is_npz, num_attention_heads)
-    model = ViTForImageClassification(config) if has_head else ViTModel(config)
+    model = VlmhubViTForImageClassification(config) if has_head else VlmhubViTModel(config)
     table = (_npz_table if is_npz else _timm_table)("vit." if has_head else "")
     load_into(model, sd, table)
     return model.eval(), _image_processor(config)
 
 
-def _image_processor(config: ViTConfig):
+def _image_processor(config: VlmhubViTConfig):
     """timm's default ViT eval transform at the checkpoint's size: resize, center crop, mean = std = 0.5."""
-    from ...processing.vit import ViTImageProcessor
+    from ...processing.vit import VlmhubViTImageProcessor
 
-    return ViTImageProcessor(size={"height": config.image_size, "width": config.image_size})
+    return VlmhubViTImageProcessor(size={"height": config.image_size, "width": config.image_size})

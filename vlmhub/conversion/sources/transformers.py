@@ -7,10 +7,10 @@ any transformers version convert the same way.
 import json
 from pathlib import Path
 
-from ...configuration.clip import CLIPConfig
-from ...configuration.vit import ViTConfig
-from ...modeling.clip import CLIPModel
-from ...modeling.vit import ViTForImageClassification, ViTModel
+from ...configuration.clip import VlmhubCLIPConfig
+from ...configuration.vit import VlmhubViTConfig
+from ...modeling.clip import VlmhubCLIPModel
+from ...modeling.vit import VlmhubViTForImageClassification, VlmhubViTModel
 from ..checkpoint import read_state_dict
 from ..engine import ConversionError, Rule, load_into
 from ..transforms import squeeze_batch
@@ -63,15 +63,15 @@ VIT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermed
             "layer_norm_eps", "patch_size", "num_channels", "qkv_bias", "initializer_range")
 
 
-def vit_config(hf: dict) -> ViTConfig:
+def vit_config(hf: dict) -> VlmhubViTConfig:
     kwargs = {k: hf[k] for k in VIT_KEYS if k in hf}
     kwargs |= _square(hf.get("image_size", 224), "image_size") | _square(hf.get("patch_size", 16), "patch_size")
     labels = {k: hf[k] for k in ("id2label", "label2id") if hf.get(k)}
-    return ViTConfig(**kwargs, **labels, pooler_output_size=hf.get("pooler_output_size"), pooler_act=hf.get("pooler_act", "tanh"),
+    return VlmhubViTConfig(**kwargs, **labels, pooler_output_size=hf.get("pooler_output_size"), pooler_act=hf.get("pooler_act", "tanh"),
                      patch_bias=True, pre_layernorm=False, post_layernorm="all")
 
 
-def clip_config(hf: dict) -> CLIPConfig:
+def clip_config(hf: dict) -> VlmhubCLIPConfig:
     text, vision = dict(hf.get("text_config") or {}), dict(hf.get("vision_config") or {})
     for sub in (text, vision):
         for key in ("model_type", "transformers_version", "architectures", "dtype", "torch_dtype"):
@@ -79,7 +79,7 @@ def clip_config(hf: dict) -> CLIPConfig:
     vision |= _square(vision.get("image_size", 224), "image_size") | _square(vision.get("patch_size", 32), "patch_size")
     # transformers pools at the highest id when eos_token_id is the legacy 2 (OpenAI's rule), else at the first eos.
     text["pooling"] = "argmax" if text.get("eos_token_id", 2) == 2 else "eos"
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=hf.get("projection_dim", 512),
+    return VlmhubCLIPConfig(text_config=text, vision_config=vision, projection_dim=hf.get("projection_dim", 512),
                       logit_scale_init_value=hf.get("logit_scale_init_value", 2.6592))
 
 
@@ -101,14 +101,14 @@ def convert(input_path, **options):
     if model_type == "vit":
         config = vit_config(hf)
         if arch == "ViTForImageClassification":
-            model, table = ViTForImageClassification(config), vit_table("vit.")
+            model, table = VlmhubViTForImageClassification(config), vit_table("vit.")
         else:
             config.add_pooling_layer = "pooler.dense.weight" in sd
-            model, table = ViTModel(config), vit_table("")
+            model, table = VlmhubViTModel(config), vit_table("")
     elif model_type == "clip":
         if arch not in ("", "CLIPModel"):
-            raise ConversionError(f"transformers {arch} checkpoints are not supported; convert a full CLIPModel")
-        model, table = CLIPModel(clip_config(hf)), clip_table()
+            raise ConversionError(f"transformers {arch} checkpoints are not supported; convert a full VlmhubCLIPModel")
+        model, table = VlmhubCLIPModel(clip_config(hf)), clip_table()
     else:
         raise ConversionError(f"transformers model_type {model_type!r} has no vlmhub conversion (supported: vit, clip)")
     load_into(model, sd, table)

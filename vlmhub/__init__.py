@@ -1,0 +1,97 @@
+"""vlmhub: vision-language models that plug into Hugging Face transformers.
+
+`import vlmhub` registers every family with the transformers Auto classes under our own model types
+(`vlmhub_<family>`), so `AutoModel.from_pretrained(folder)` and `AutoProcessor.from_pretrained(folder)` work on
+anything vlmhub saved or converted.
+
+Class names carry a `Vlmhub` prefix (`VlmhubCLIPModel`): transformers resolves configs, image processors and
+processors by class *name*, so reusing its names would make `import vlmhub` hijack transformers' own
+checkpoints. For drop-in use the transformers-style names are exported as aliases (`vlmhub.CLIPModel`).
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
+
+from .configuration import VisionTowerConfig, VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig, VlmhubViTConfig
+from .modeling import (
+    VlmhubCLIPModel,
+    VlmhubCLIPTextModel,
+    VlmhubCLIPVisionModel,
+    VlmhubViTForImageClassification,
+    VlmhubViTModel,
+)
+from .processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
+from .processing.tokenization import build_clip_tokenizer
+from .processing.vit import VlmhubViTImageProcessor
+from .tasks import zero_shot_classify
+
+__version__ = "0.1.0"
+
+# One row per model type: (config, AutoModel class, {task Auto class: model class}, image processor, processor).
+FAMILIES = [
+    (VlmhubViTConfig, VlmhubViTModel, {AutoModelForImageClassification: VlmhubViTForImageClassification},
+     VlmhubViTImageProcessor, None),
+    (VlmhubCLIPConfig, VlmhubCLIPModel, {AutoModelForZeroShotImageClassification: VlmhubCLIPModel},
+     VlmhubCLIPImageProcessor, VlmhubCLIPProcessor),
+    (VlmhubCLIPVisionConfig, VlmhubCLIPVisionModel, {}, VlmhubCLIPImageProcessor, None),
+    (VlmhubCLIPTextConfig, VlmhubCLIPTextModel, {}, None, None),
+]
+
+
+def _register():
+    for config, model, tasks, image_processor, processor in FAMILIES:
+        AutoConfig.register(config.model_type, config, exist_ok=True)  # exist_ok: re-imports (importlib.reload)
+        AutoModel.register(config, model, exist_ok=True)
+        for auto_class, task_model in tasks.items():
+            auto_class.register(config, task_model, exist_ok=True)
+        if image_processor is not None:
+            # Ours needs no torchvision, so it serves both backends.
+            backends = {"pil": image_processor, "torchvision": image_processor}
+            AutoImageProcessor.register(config, image_processor_classes=backends, exist_ok=True)
+        if processor is not None:
+            AutoProcessor.register(config, processor, exist_ok=True)
+
+
+_register()
+
+# transformers-style names, for drop-in use: `from vlmhub import CLIPModel`.
+ViTConfig, ViTModel, ViTForImageClassification = VlmhubViTConfig, VlmhubViTModel, VlmhubViTForImageClassification
+CLIPConfig, CLIPTextConfig, CLIPVisionConfig = VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig
+CLIPModel, CLIPTextModel, CLIPVisionModel = VlmhubCLIPModel, VlmhubCLIPTextModel, VlmhubCLIPVisionModel
+ViTImageProcessor, CLIPImageProcessor, CLIPProcessor = VlmhubViTImageProcessor, VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
+
+__all__ = [
+    "CLIPConfig",
+    "CLIPImageProcessor",
+    "CLIPModel",
+    "CLIPProcessor",
+    "CLIPTextConfig",
+    "CLIPTextModel",
+    "CLIPVisionConfig",
+    "CLIPVisionModel",
+    "VisionTowerConfig",
+    "ViTConfig",
+    "ViTForImageClassification",
+    "ViTImageProcessor",
+    "ViTModel",
+    "VlmhubCLIPConfig",
+    "VlmhubCLIPImageProcessor",
+    "VlmhubCLIPModel",
+    "VlmhubCLIPProcessor",
+    "VlmhubCLIPTextConfig",
+    "VlmhubCLIPTextModel",
+    "VlmhubCLIPVisionConfig",
+    "VlmhubCLIPVisionModel",
+    "VlmhubViTConfig",
+    "VlmhubViTForImageClassification",
+    "VlmhubViTImageProcessor",
+    "VlmhubViTModel",
+    "build_clip_tokenizer",
+    "zero_shot_classify",
+]

@@ -1,0 +1,215 @@
+"""Image preprocessing shared by the image processors: load, resize, crop, rescale, normalise.
+
+The geometry follows torchvision's PIL transforms, because the original checkpoints (OpenAI CLIP, timm, LLaVA)
+were trained with them and transformers differs in one place: `center_crop` takes the *floor* of the offset,
+torchvision rounds it (half to even). A 35 px wide image cropped to 28 px starts at column 4 in torchvision
+and at column 3 in transformers, which shifts every pixel and breaks parity with OpenAI's outputs. We round,
+like the originals.
+
+Resizing is done by Pillow on 8-bit images (as both torchvision and transformers' PIL backend do), so the
+pixel-level functions take PIL images; crop, rescale and normalise also take torch tensors (..., C, H, W).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+BICUBIC = Image.Resampling.BICUBIC
+BILINEAR = Image.Resampling.BILINEAR
+_CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA: what Pillow can hold and the processors accept
+
+
+def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
+    """Open a path, encoded bytes or PIL image as an RGB image, applying the EXIF rotation like transformers."""
+    if isinstance(source, Image.Image):
+        return source if source.mode == "RGB" else source.convert("RGB")
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        raise ValueError(f"URLs are not fetched; download {source!r} and pass the file or bytes")
+    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+    data = source if isinstance(source, bytes) else Path(name).read_bytes()  # a missing file: FileNotFoundError
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode now, so a truncated file fails here and not later inside a resize
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for bad data
+        raise ValueError(f"cannot read image {name!r}: not an image or corrupt ({err})") from err
+
+
+def convert_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`; transparency is composited onto white (transformers' `do_convert_rgb` rule)."""
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def to_pil(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """PIL image from a PIL image, a uint8 tensor (C, H, W) or a uint8 array (H, W, C); 2-D means grey."""
+    if isinstance(image, Image.Image):
+        return image
+    is_tensor = isinstance(image, torch.Tensor)
+    array = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+    if array.ndim == 3:
+        array = np.moveaxis(array, _channel_axis(array.shape, prefer_first=is_tensor), -1)
+    elif array.ndim != 2:
+        raise ValueError(f"an image must have 2 or 3 dimensions, got shape {tuple(array.shape)}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
+            # floats are ambiguous ([0, 1] or [0, 255]) and Pillow resamples 8-bit data only
+            raise ValueError(f"expected uint8 pixels in 0..255, got {array.dtype}; scale to 0..255 and cast to uint8")
+        array = array.astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _channel_axis(shape: tuple[int, ...], prefer_first: bool) -> int:
+    """Axis holding the channels: tensors are (C, H, W) like torchvision, arrays (H, W, C) like np.array(img)."""
+    axes = (0, 2) if prefer_first else (2, 0)
+    for axis in axes:
+        if shape[axis] in _CHANNEL_COUNTS:
+            return axis
+    layout = "(C, H, W)" if prefer_first else "(H, W, C)"
+    raise ValueError(f"image of shape {tuple(shape)} has no channel axis of size 1, 3 or 4; expected {layout}")
+
+
+def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the short side = size and the long side truncated, as torchvision's Resize(int)."""
+    short, long = min(height, width), max(height, width)
+    new_long = int(size * long / short)  # truncation, not rounding: 30x100 at 28 -> 28x93 (93.3)
+    return (size, new_long) if height <= width else (new_long, size)
+
+
+def resize_shortest_edge(image: Image.Image, size: int, resample: int = BICUBIC) -> Image.Image:
+    """Resize so the short side is `size`, keeping the aspect ratio (torchvision `Resize(size)` on PIL)."""
+    return resize(image, shortest_edge_size(image.height, image.width, size), resample)
+
+
+def resize(image: Image.Image, size: tuple[int, int], resample: int = BILINEAR) -> Image.Image:
+    """Resize to (height, width) with Pillow, which antialiases when shrinking (as torchvision on PIL does)."""
+    height, width = size
+    return image.resize((width, height), resample=resample)
+
+
+def crop_offset(in_size: int, out_size: int) -> int:
+    """Where a centred window of `out_size` starts; negative means the image is padded on that side.
+
+    torchvision rounds (in - out) / 2 half to even (3.5 -> 4, 2.5 -> 2); transformers floors it (3.5 -> 3).
+    When the window is larger, torchvision pads floor(d / 2) before and the rest after.
+    """
+    if out_size > in_size:
+        return -((out_size - in_size) // 2)
+    return int(round((in_size - out_size) / 2.0))
+
+
+def center_crop(image: Image.Image | torch.Tensor, size: tuple[int, int]) -> Image.Image | torch.Tensor:
+    """Centre crop to (height, width) with torchvision's offsets, padding with zeros where the image is smaller."""
+    height, width = size
+    if isinstance(image, Image.Image):
+        top, left = crop_offset(image.height, height), crop_offset(image.width, width)
+        return image.crop((left, top, left + width, top + height))  # Pillow fills outside the image with 0
+    in_height, in_width = image.shape[-2:]
+    top, left = crop_offset(in_height, height), crop_offset(in_width, width)
+    out = image.new_zeros((*image.shape[:-2], height, width))
+    rows = slice(max(top, 0), min(top + height, in_height))
+    cols = slice(max(left, 0), min(left + width, in_width))
+    out[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = image[..., rows, cols]
+    return out
+
+
+def pil_to_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(C, H, W) tensor holding the pixels of a PIL image or (H, W[, C]) array unchanged (uint8 stays uint8)."""
+    array = np.asarray(image)
+    array = array[..., None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def to_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float32 (C, H, W) in [0, 1] from a PIL image or uint8 (H, W, C) pixels, as torchvision's `ToTensor`."""
+    return pil_to_tensor(image).float().div(255)
+
+
+def rescale(pixels: torch.Tensor, factor: float) -> torch.Tensor:
+    """float32 pixels * factor, computed in float64 like transformers (for 1/255 this equals ToTensor exactly)."""
+    return (pixels.double() * factor).float()
+
+
+def normalize(pixels: torch.Tensor, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
+    """(pixels - mean) / std per channel of a (..., C, H, W) float tensor, in float32 like torchvision."""
+    mean_t = torch.as_tensor(mean, dtype=pixels.dtype).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=pixels.dtype).reshape(-1, 1, 1)
+    channels = pixels.shape[-3]
+    if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels):
+        raise ValueError(f"image has {channels} channels but mean/std have {mean_t.numel()}/{std_t.numel()} values")
+    return (pixels - mean_t) / std_t
+
+
+# --- the transformers-compatible processor built from the functions above -------------------------------------
+
+
+def resize_to_size_dict(image: Image.Image, size: SizeDict, resample: int) -> Image.Image:
+    """Resize for a transformers size dict: {"shortest_edge": n} or {"height": h, "width": w}."""
+    if size.shortest_edge and not size.longest_edge:
+        return resize_shortest_edge(image, size.shortest_edge, resample)
+    if size.height and size.width:
+        return resize(image, (size.height, size.width), resample)
+    raise ValueError(f"size must be {{'shortest_edge': n}} or {{'height': h, 'width': w}}, got {dict(size)}")
+
+
+def preprocess_image(
+    image: Image.Image, *, do_resize, size, resample, do_center_crop, crop_size, do_rescale, rescale_factor,
+    do_normalize, image_mean, image_std, **unused,
+) -> torch.Tensor:
+    """The whole pipeline for one image, with the resolved arguments of a processor call: (C, H, W) float32."""
+    if do_resize:
+        image = resize_to_size_dict(image, size, resample)
+    if do_center_crop:
+        image = center_crop(image, (crop_size.height, crop_size.width))
+    pixels = pil_to_tensor(image)
+    pixels = rescale(pixels, rescale_factor) if do_rescale else pixels.float()
+    return normalize(pixels, image_mean, image_std) if do_normalize else pixels
+
+
+class ResizeCropImageProcessor(BaseImageProcessor):
+    """convert RGB -> resize -> centre crop -> rescale -> normalise, each step one function of this module.
+
+    Subclasses only set class-attribute defaults, as transformers' processors do, so `save_pretrained`,
+    `from_pretrained`, `to_dict` and argument validation come from `BaseImageProcessor` unchanged. We derive
+    from `BaseImageProcessor` rather than `PilBackend` so that none of transformers' numpy resize / floor-offset
+    crop is inherited: every pixel operation here is ours.
+    """
+
+    def __init__(self, **kwargs: Unpack[ImagesKwargs]):
+        super().__init__(**kwargs)
+        self._set_attributes(**kwargs)  # BaseImageProcessor leaves this to the backend classes
+
+    def fetch_images(self, images):
+        """Open paths and bytes with `load_image`, so a bad file is a ValueError that names it."""
+        if isinstance(images, (list, tuple)):
+            return [self.fetch_images(image) for image in images]
+        if isinstance(images, (str, os.PathLike, bytes)):
+            return load_image(images)
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim > 4:
+            raise ValueError(f"expected an image (2 or 3 dims) or a batch (4 dims), got shape {tuple(images.shape)}")
+        return images
+
+    def process_image(self, image, do_convert_rgb: bool | None = None, **kwargs) -> Image.Image:
+        """One raw input as a PIL image, since resizing is done by Pillow."""
+        image = to_pil(image)
+        return convert_rgb(image) if do_convert_rgb else image
+
+    def _preprocess(self, images: list[Image.Image], return_tensors=None, do_pad=None, **options) -> BatchFeature:
+        if do_pad:
+            raise ValueError(f"{type(self).__name__} does not pad; resize or crop to a fixed size instead")
+        pixel_values = [preprocess_image(image, **options) for image in images]  # each (C, H, W) float32
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
