@@ -29,6 +29,7 @@ from .modeling import (
 from .processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
 from .processing.tokenization import build_clip_tokenizer
 from .processing.vit import VlmhubViTImageProcessor
+from .conversion import convert
 from .tasks import zero_shot_classify
 
 __version__ = "0.1.0"
@@ -93,5 +94,6 @@ __all__ = [
     "VlmhubViTImageProcessor",
     "VlmhubViTModel",
     "build_clip_tokenizer",
+    "convert",
     "zero_shot_classify",
 ]
