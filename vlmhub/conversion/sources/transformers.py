@@ -4,6 +4,7 @@ The keys are read from the saved files (not from transformers' in-memory module 
 any transformers version convert the same way.
 """
 
+import importlib
 import json
 from pathlib import Path
 
@@ -91,32 +92,55 @@ def _square(value, name: str) -> dict:
     return {name: value}
 
 
+def build_vit(hf: dict, sd: dict, folder: Path):
+    config = vit_config(hf)
+    if (hf.get("architectures") or [""])[0] == "ViTForImageClassification":
+        model, table = VlmhubViTForImageClassification(config), vit_table("vit.")
+    else:
+        config.add_pooling_layer = "pooler.dense.weight" in sd
+        model, table = VlmhubViTModel(config), vit_table("")
+    return model, table, _processor(folder, "vit")
+
+
+def build_clip(hf: dict, sd: dict, folder: Path):
+    arch = (hf.get("architectures") or [""])[0]
+    if arch not in ("", "CLIPModel"):
+        raise ConversionError(f"transformers {arch} checkpoints are not supported; convert a full CLIPModel")
+    return VlmhubCLIPModel(clip_config(hf)), clip_table(), _processor(folder, "clip")
+
+
+# model_type -> builder(hf_config_dict, state_dict, folder) -> (model, key table, processor or None). A string names
+# the module (in this package) whose `build` does it, imported only when used.
+BUILDERS = {
+    "vit": build_vit,
+    "clip": build_clip,
+    "llava": "transformers_llava",
+    "llava_next": "transformers_llava",
+    "mllama": "transformers_mllama",
+    "blip": "transformers_blip",
+    "blip-2": "transformers_blip",
+}
+
+
 def convert(input_path, **options):
     folder = Path(input_path)
     if not (folder / "config.json").exists():
         raise ConversionError(f"{folder} is not a saved transformers model folder (no config.json)")
     hf = json.loads((folder / "config.json").read_text())
+    model_type = hf.get("model_type")
+    if model_type not in BUILDERS:
+        raise ConversionError(f"transformers model_type {model_type!r} has no vlmhub conversion (supported: {sorted(BUILDERS)})")
+    build = BUILDERS[model_type]
+    if isinstance(build, str):
+        build = importlib.import_module(f"{__package__}.{build}").build
     sd = read_state_dict(folder)
-    model_type, arch = hf.get("model_type"), (hf.get("architectures") or [""])[0]
-    if model_type == "vit":
-        config = vit_config(hf)
-        if arch == "ViTForImageClassification":
-            model, table = VlmhubViTForImageClassification(config), vit_table("vit.")
-        else:
-            config.add_pooling_layer = "pooler.dense.weight" in sd
-            model, table = VlmhubViTModel(config), vit_table("")
-    elif model_type == "clip":
-        if arch not in ("", "CLIPModel"):
-            raise ConversionError(f"transformers {arch} checkpoints are not supported; convert a full VlmhubCLIPModel")
-        model, table = VlmhubCLIPModel(clip_config(hf)), clip_table()
-    else:
-        raise ConversionError(f"transformers model_type {model_type!r} has no vlmhub conversion (supported: vit, clip)")
+    model, table, processor = build(hf, sd, folder)
     load_into(model, sd, table)
-    return model.eval(), _processor(folder, model_type)
+    return model.eval(), processor
 
 
 def _processor(folder: Path, model_type: str):
-    """Our processor with the saved preprocessing settings and tokenizer, when the folder has them."""
+    """Our image processor (and processor with the saved tokenizer), when the folder has them."""
     from ...processing.convert import processor_from_transformers
 
     return processor_from_transformers(folder, model_type)
