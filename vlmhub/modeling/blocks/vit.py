@@ -102,9 +102,10 @@ class Encoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, x, attention_mask=None, output_hidden_states=False, output_attentions=False):
+    def forward(self, x, attention_mask=None, output_hidden_states=False, output_attentions=False, num_layers=None):
+        """Run the first `num_layers` layers (all by default): towers read from a middle layer stop there."""
         hidden_states, attentions = (x,) if output_hidden_states else None, () if output_attentions else None
-        for layer in self.layers:
+        for layer in self.layers[:num_layers]:
             x, weights = layer(x, attention_mask, output_attentions)
             if output_hidden_states:
                 hidden_states += (x,)
@@ -143,3 +144,12 @@ class VisionTransformer(nn.Module):
         return BaseModelOutputWithPooling(
             last_hidden_state=last, pooler_output=pooled, hidden_states=out.hidden_states, attentions=out.attentions
         )
+
+    def hidden_states_at(self, pixel_values, layers: list[int], interpolate_pos_encoding=False) -> list[torch.Tensor]:
+        """hidden_states[i] for each i in `layers` (transformers' indexing: 0 = embeddings, -1 = the last layer's
+        output), running only the layers the deepest of them needs."""
+        n = len(self.encoder.layers)
+        index = [i % (n + 1) for i in layers]
+        x = self.pre_layernorm(self.embeddings(pixel_values, interpolate_pos_encoding))
+        out = self.encoder(x, output_hidden_states=True, num_layers=max(index))
+        return [out.hidden_states[i] for i in index]

@@ -1,0 +1,72 @@
+"""LLaVA, LLaVA-1.5 and LLaVA-NeXT: one config family, the generations differ by connector and image handling."""
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .clip import VlmhubCLIPVisionConfig
+
+SELECT_STRATEGIES = ("patch", "cls_patch")
+MERGE_TYPES = ("flat", "spatial", "spatial_unpad")
+ASPECT_RATIOS = ("square", "pad", "anyres")
+
+
+class VlmhubLlavaConfig(PretrainedConfig):
+    model_type = "vlmhub_llava"
+    attribute_map = {"image_token_index": "image_token_id"}
+    sub_configs_defaults = {
+        # CLIP ViT-L/14-336, the tower of LLaVA-1.5 and 1.6.
+        "vision_config": SubConfigSpec(
+            config_class=VlmhubCLIPVisionConfig,
+            init_kwargs=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                             image_size=336, patch_size=14, projection_dim=768),
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | VlmhubCLIPVisionConfig | None = None
+    text_config: dict | PretrainedConfig | None = None
+    # A real vocabulary id that marks where image features go (LLaVA's sentinel -200 is converted to it).
+    image_token_id: int = 32000
+    # "linear" (LLaVA) or "mlp<N>x_<act>" ("mlp2x_gelu": LLaVA-1.5 and NeXT).
+    projector_type: str = "mlp2x_gelu"
+    projector_bias: bool = True
+    # Which tower layer(s) feed the projector (-2: the penultimate, as LLaVA); a list concatenates several.
+    vision_feature_layer: int | list[int] = -2
+    # "patch" drops the class token (LLaVA's default), "cls_patch" keeps it.
+    vision_feature_select_strategy: str = "patch"
+    # Preprocessing: "square" (plain resize/crop), "pad" (1.5: expand to a square on the mean colour), "anyres" (NeXT).
+    image_aspect_ratio: str = "pad"
+    # AnyRes candidate canvases as (height, width); None unless image_aspect_ratio == "anyres".
+    image_grid_pinpoints: list[list[int]] | None = None
+    # How an AnyRes image's crops become one token sequence (see vlmhub.geometry.anyres.anyres_num_tokens).
+    patch_merge_type: str = "flat"
+    # Visual-token compression: average-pool the patch grid with this stride before the projector (2: 4x fewer).
+    spatial_pool_stride: int = 1
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.vision_feature_select_strategy not in SELECT_STRATEGIES:
+            raise ValueError(f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}")
+        if self.patch_merge_type not in MERGE_TYPES:
+            raise ValueError(f"patch_merge_type must be one of {MERGE_TYPES}, got {self.patch_merge_type!r}")
+        if self.image_aspect_ratio not in ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio must be one of {ASPECT_RATIOS}, got {self.image_aspect_ratio!r}")
+        if (self.image_aspect_ratio == "anyres") != bool(self.image_grid_pinpoints):
+            raise ValueError("image_grid_pinpoints must be given exactly when image_aspect_ratio is 'anyres'")
+        if self.image_aspect_ratio == "anyres" and self.vision_feature_select_strategy != "patch":
+            raise ValueError("AnyRes arranges patch tokens on a grid: vision_feature_select_strategy must be 'patch'")
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        if side % self.spatial_pool_stride:
+            raise ValueError(f"spatial_pool_stride {self.spatial_pool_stride} does not divide the {side}x{side} patch grid")
+        if self.spatial_pool_stride > 1 and self.vision_feature_select_strategy != "patch":
+            raise ValueError("spatial pooling needs the patch grid alone: use vision_feature_select_strategy='patch'")
+
+    @property
+    def feature_side(self) -> int:
+        """Side of one crop's (pooled) patch grid."""
+        return self.vision_config.image_size // self.vision_config.patch_size // self.spatial_pool_stride
+
+    @property
+    def tokens_per_crop(self) -> int:
+        return self.feature_side**2 + (self.vision_feature_select_strategy == "cls_patch")
