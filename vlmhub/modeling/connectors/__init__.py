@@ -1,0 +1,6 @@
+"""Connectors: modules that turn vision features into what the language model consumes.
+
+Interface: `forward(features (B, N, Dv), mask=None) -> (B, M, Dt)`; gated connectors start with gates at zero.
+"""
+
+from .projector import Projector, parse_projector_type, pool_patch_grid
