@@ -13,8 +13,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="folder to write (loads with the Auto classes after `import vlmhub`)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--num-attention-heads", type=int, help="timm-vit .pth only: the head count it does not store")
+    parser.add_argument("--vision-tower", help="llava only: the CLIP tower folder its mm_vision_tower names")
     args = parser.parse_args(argv)
-    options = {"num_attention_heads": args.num_attention_heads} if args.num_attention_heads else {}
+    options = {k: v for k, v in (("num_attention_heads", args.num_attention_heads), ("vision_tower", args.vision_tower)) if v}
     try:
         convert(args.source, args.input, args.output, overwrite=args.overwrite, **options)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as err:

@@ -41,3 +41,8 @@ def flatten(t: torch.Tensor) -> torch.Tensor:
 
 def scalar(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(())
+
+
+def append_mean_row(t: torch.Tensor) -> torch.Tensor:
+    """One more vocabulary row (a new token such as <image>), initialised to the mean of the others."""
+    return torch.cat([t, t.float().mean(0, keepdim=True).to(t.dtype)])

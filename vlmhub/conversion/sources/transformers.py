@@ -40,18 +40,25 @@ def vit_table(p: str) -> list[Rule]:
     return rules
 
 
+def clip_vision_rules(src: str, dst: str) -> list[Rule]:
+    """transformers' CLIP vision tower under the regex prefix `src` -> our VisionTransformer under `dst`."""
+    return [
+        Rule(src + r"pre_layrnorm\.(weight|bias)", dst + "pre_layernorm.{0}"),
+        Rule(src + r"embeddings\.position_embedding\.weight", dst + "embeddings.position_embedding"),
+        Rule(src + r"embeddings\.position_ids", None),  # a non-persistent buffer in old checkpoints
+        Rule(src + r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", dst + "encoder.layers.{0}.self_attn.o_proj.{1}"),
+        Rule(src + r"(embeddings\.(?:class_embedding|patch_embedding\.weight)|post_layernorm\.(?:weight|bias))", dst + "{0}"),
+        Rule(src + r"(encoder\.layers\.\d+\.(?:layer_norm[12]|mlp\.fc[12]|self_attn\.[qkv]_proj)\.(?:weight|bias))", dst + "{0}"),
+    ]
+
+
 def clip_table() -> list[Rule]:
-    rules = [
-        Rule(r"vision_model\.pre_layrnorm\.(weight|bias)", "vision_model.pre_layernorm.{0}"),
-        Rule(r"vision_model\.embeddings\.position_embedding\.weight", "vision_model.embeddings.position_embedding"),
-        Rule(r"(vision|text)_model\.embeddings\.position_ids", None),  # a non-persistent buffer in old checkpoints
-        Rule(r"(vision|text)_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
-             "{0}_model.encoder.layers.{1}.self_attn.o_proj.{2}"),
+    rules = clip_vision_rules(r"vision_model\.", "vision_model.") + [
+        Rule(r"text_model\.embeddings\.position_ids", None),
+        Rule(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", "text_model.encoder.layers.{0}.self_attn.o_proj.{1}"),
     ]
     same = [  # names that transformers and vlmhub share
-        r"vision_model\.embeddings\.(class_embedding|patch_embedding\.weight)",
-        r"(vision|text)_model\.encoder\.layers\.\d+\.(layer_norm[12]|mlp\.fc[12]|self_attn\.[qkv]_proj)\.(weight|bias)",
-        r"vision_model\.post_layernorm\.(weight|bias)",
+        r"text_model\.encoder\.layers\.\d+\.(layer_norm[12]|mlp\.fc[12]|self_attn\.[qkv]_proj)\.(weight|bias)",
         r"text_model\.embeddings\.(token|position)_embedding\.weight",
         r"text_model\.final_layer_norm\.(weight|bias)",
         r"(visual|text)_projection\.weight",

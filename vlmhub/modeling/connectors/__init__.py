@@ -4,3 +4,4 @@ Interface: `forward(features (B, N, Dv), mask=None) -> (B, M, Dt)`; gated connec
 """
 
 from .projector import Projector, parse_projector_type, pool_patch_grid
+from .qformer import QFormer, QFormerLayer, stage1_attention_mask

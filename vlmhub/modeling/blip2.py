@@ -1,0 +1,216 @@
+"""BLIP-2: EVA ViT (the shared ViT, q/v bias) -> ln_vision -> Q-Former -> linear -> any causal LM (soft prompt).
+
+`VlmhubBlip2ForConditionalGeneration` has the inputs and outputs of transformers' Blip2ForConditionalGeneration
+with a decoder-only LM: input_ids hold `num_query_tokens` image tokens per image (the processor expands them),
+whose embeddings are replaced by the projected query outputs. `VlmhubBlip2ForImageTextRetrieval` is the stage-1
+model: contrastive (ITC, max over queries), matching (ITM) and captioning (ITG) heads on the Q-Former; the
+stage-1 losses are in `vlmhub.train.objectives`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from ..configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
+from .blocks import VisionTransformer
+from .connectors.qformer import QFormer, stage1_attention_mask
+from .merge import merge_image_features
+from .pretrained import VlmhubPreTrainedModel
+
+
+@dataclass
+class Blip2CausalLMOutput(ModelOutput):
+    """The language model's outputs plus the soft prompt (image_hidden_states: (images, queries, text width))."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class Blip2RetrievalOutput(ModelOutput):
+    """ITM: logits_per_image (B, 2) [no match, match]. ITC: logits_per_image (images, texts) = max over queries of
+    the cosine similarity (no temperature), logits_per_text its transpose."""
+
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+class VlmhubBlip2PreTrainedModel(VlmhubPreTrainedModel):
+    config_class = VlmhubBlip2Stage1Config
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    _no_split_modules = ["EncoderLayer", "VisionEmbeddings", "QFormerLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, QFormer):
+            init.normal_(module.query_tokens, std=module.config.initializer_range)
+        if isinstance(module, VlmhubBlip2ForImageTextRetrieval):
+            init.constant_(module.temp, self.config.temperature_init_value)
+
+
+class Blip2VisionEncoder(nn.Module):
+    """The image side shared by every BLIP-2-based model: ViT tokens (CLS included) -> ln_vision -> Q-Former."""
+
+    def __init__(self, config: VlmhubBlip2Stage1Config):
+        super().__init__()
+        self.vision_model = VisionTransformer(config.vision_config)
+        self.ln_vision = nn.LayerNorm(config.vision_config.hidden_size, eps=config.vision_layernorm_eps)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False) -> torch.Tensor:
+        """(B, 3, H, W) -> image embeds (B, 1 + patches, vision width)."""
+        return self.ln_vision(self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state)
+
+
+class VlmhubBlip2ForConditionalGeneration(VlmhubBlip2PreTrainedModel, GenerationMixin):
+    config_class = VlmhubBlip2Config
+    main_input_name = "input_ids"
+
+    def __init__(self, config: VlmhubBlip2Config):
+        super().__init__(config)
+        self.vision = Blip2VisionEncoder(config)
+        self.qformer = QFormer(config.qformer_config)
+        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.language_model.set_output_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The soft prompt: (B, 3, H, W) -> (B, num_query_tokens, text width)."""
+        query_output = self.qformer(self.vision(pixel_values, interpolate_pos_encoding))  # (B, Q, Dq)
+        return self.language_projection(query_output)
+
+    @can_return_tuple
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, interpolate_pos_encoding=False, logits_to_keep=0,
+                **kwargs) -> Blip2CausalLMOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        if self.config.image_token_id is None and pixel_values is not None:
+            raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
+            image_features = self.get_image_features(pixel_values, interpolate_pos_encoding)
+            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs)
+        return Blip2CausalLMOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
+                                   hidden_states=out.hidden_states, attentions=out.attentions,
+                                   image_hidden_states=image_features)
+
+    def generate(self, input_ids=None, pixel_values=None, attention_mask=None, **kwargs):
+        """As GenerationMixin.generate; with images but no prompt, the prompt is the image tokens and BOS
+        (what transformers' Blip2ForConditionalGeneration.generate builds)."""
+        if input_ids is None and pixel_values is not None and "inputs_embeds" not in kwargs:
+            prompt = [self.config.image_token_id] * self.config.num_query_tokens + [self.config.text_config.bos_token_id]
+            input_ids = torch.tensor([prompt], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
+            attention_mask = torch.ones_like(input_ids)
+        return super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+
+
+class QFormerLMHead(nn.Module):
+    """BERT's LM head on the Q-Former text states: dense -> act -> LayerNorm -> decoder (tied to the word embeddings)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, x):
+        return self.decoder(self.norm(self.act(self.dense(x))))
+
+
+class VlmhubBlip2ForImageTextRetrieval(VlmhubBlip2PreTrainedModel):
+    """BLIP-2 stage 1: image query features, text [CLS] features, matching and captioning heads."""
+
+    main_input_name = "pixel_values"
+    _tied_weights_keys = {"lm_head.decoder.weight": "qformer.word_embeddings.weight"}
+
+    def __init__(self, config: VlmhubBlip2Stage1Config):
+        super().__init__(config)
+        if not config.qformer_config.use_text_input:
+            raise ValueError("the stage-1 model needs the Q-Former's text path: set qformer_config.use_text_input=True")
+        Dq, E = config.qformer_config.hidden_size, config.image_text_hidden_size
+        self.vision = Blip2VisionEncoder(config)
+        self.qformer = QFormer(config.qformer_config)
+        self.vision_proj = nn.Linear(Dq, E)
+        self.text_proj = nn.Linear(Dq, E)
+        self.itm_head = nn.Linear(Dq, 2)
+        self.lm_head = QFormerLMHead(config.qformer_config)
+        self.temp = nn.Parameter(torch.tensor(config.temperature_init_value))
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.qformer.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.qformer.word_embeddings = value
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
+        """-> (image_embeds (B, N, Dv), query_output (B, Q, Dq), normalized query features (B, Q, E))."""
+        image_embeds = self.vision(pixel_values, interpolate_pos_encoding)
+        query_output = self.qformer(image_embeds)
+        return image_embeds, query_output, nn.functional.normalize(self.vision_proj(query_output), dim=-1)
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        """-> (text states (B, T, Dq), normalized [CLS] feature (B, E)); text only, bidirectional."""
+        text_embeds = self.qformer.encode(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return text_embeds, nn.functional.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+
+    def itm_logits(self, image_embeds, input_ids, attention_mask=None) -> torch.Tensor:
+        """Matching logits (B, 2) of paired rows: queries and text attend to each other, averaged over the queries."""
+        states = self.qformer.encode(image_embeds, input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.itm_head(states[:, : self.config.num_query_tokens]).mean(dim=1)
+
+    def itg_logits(self, image_embeds, input_ids, attention_mask=None) -> torch.Tensor:
+        """Captioning logits (B, T, vocab) at the text positions under the ITG mask (queries never see text)."""
+        Q = self.config.num_query_tokens
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        self_mask = stage1_attention_mask("itg", Q, mask)
+        states = self.qformer.encode(image_embeds, input_ids=input_ids, self_attention_mask=self_mask).last_hidden_state
+        return self.lm_head(states[:, Q:])
+
+    @can_return_tuple
+    def forward(self, pixel_values, input_ids, attention_mask=None, use_image_text_matching_head=False,
+                interpolate_pos_encoding=False, **kwargs) -> Blip2RetrievalOutput:
+        image_embeds, _, image_feats = self.get_image_features(pixel_values, interpolate_pos_encoding)
+        if use_image_text_matching_head:
+            logits = self.itm_logits(image_embeds, input_ids, attention_mask)
+            return Blip2RetrievalOutput(logits_per_image=logits, logits_per_text=logits.t())
+        _, text_feat = self.get_text_features(input_ids, attention_mask)
+        sim = torch.einsum("iqe,te->itq", image_feats, text_feat).amax(dim=-1)  # (images, texts)
+        return Blip2RetrievalOutput(logits_per_image=sim, logits_per_text=sim.t(), image_embeds=image_feats,
+                                    text_embeds=text_feat)

@@ -1,0 +1,148 @@
+"""LLaVA / LLaVA-1.5 / LLaVA-NeXT: shared ViT -> projector -> any transformers causal LM, image features merged at
+the image tokens. Same inputs and outputs as transformers' LlavaForConditionalGeneration and
+LlavaNextForConditionalGeneration (pixel_values of AnyRes models are (images, crops, 3, H, W) with image_sizes).
+"""
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
+
+from ..configuration.llava import VlmhubLlavaConfig
+from ..geometry.anyres import grid_shape, unpadded_shape
+from .blocks import VisionTransformer
+from .connectors import Projector, pool_patch_grid
+from .merge import merge_image_features
+from .pretrained import VlmhubPreTrainedModel
+
+
+class VlmhubLlavaPreTrainedModel(VlmhubPreTrainedModel):
+    config_class = VlmhubLlavaConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, VlmhubLlavaForConditionalGeneration) and module.image_newline is not None:
+            nn.init.normal_(module.image_newline, std=module.image_newline.shape[0] ** -0.5)
+
+
+class VlmhubLlavaForConditionalGeneration(VlmhubLlavaPreTrainedModel, GenerationMixin):
+    def __init__(self, config: VlmhubLlavaConfig):
+        super().__init__(config)
+        layers = config.vision_feature_layer
+        self.feature_layers = [layers] if isinstance(layers, int) else list(layers)
+        text_width = config.text_config.hidden_size
+        self.vision_tower = VisionTransformer(config.vision_config)
+        self.multi_modal_projector = Projector(
+            config.projector_type, config.vision_config.hidden_size * len(self.feature_layers), text_width,
+            bias=config.projector_bias,
+        )
+        # NeXT's learned end-of-row token; only the spatial_unpad merge writes rows.
+        unpad = config.patch_merge_type == "spatial_unpad"
+        self.image_newline = nn.Parameter(torch.zeros(text_width)) if unpad else None
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def crop_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected features of each crop: (crops, 3, H, W) -> (crops, tokens_per_crop, text width)."""
+        states = self.vision_tower.hidden_states_at(pixel_values, self.feature_layers)
+        if self.config.vision_feature_select_strategy == "patch":
+            states = [s[:, 1:] for s in states]  # drop the class token
+        features = pool_patch_grid(torch.cat(states, dim=-1), self.config.spatial_pool_stride)
+        return self.multi_modal_projector(features)
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs):
+        """pooler_output: one (tokens, text width) tensor per image, in the order their image tokens appear."""
+        if self.config.image_aspect_ratio != "anyres":
+            if pixel_values.ndim == 5:  # (images, 1, 3, H, W) from a batched processor
+                pixel_values = pixel_values.flatten(0, 1)
+            return BaseModelOutputWithPooling(pooler_output=list(self.crop_features(pixel_values)))
+        if image_sizes is None:
+            raise ValueError("AnyRes models need image_sizes (height, width) for every image, as the processor returns")
+        crops = [self.num_crops(size) for size in image_sizes.tolist()]
+        if pixel_values.ndim == 5:  # (images, max_crops, 3, H, W), padded with unused crops
+            pixel_values = torch.cat([p[:n] for p, n in zip(pixel_values, crops)])
+        if pixel_values.shape[0] != sum(crops):
+            raise ValueError(f"pixel_values hold {pixel_values.shape[0]} crops but image_sizes need {sum(crops)}")
+        features = self.crop_features(pixel_values).split(crops)
+        packed = [self.pack_anyres(f, size) for f, size in zip(features, image_sizes.tolist())]
+        return BaseModelOutputWithPooling(pooler_output=packed)
+
+    def num_crops(self, size) -> int:
+        crop = self.config.vision_config.image_size
+        rows, cols = grid_shape(tuple(size), self.config.image_grid_pinpoints, crop)
+        return 1 + rows * cols
+
+    def pack_anyres(self, features: torch.Tensor, size) -> torch.Tensor:
+        """(1 + rows*cols, side*side, D) crop features -> one sequence: base view, then the grid by patch_merge_type."""
+        base, grid = features[0], features[1:]
+        if self.config.patch_merge_type == "flat" or len(grid) == 0:
+            tail = grid.flatten(0, 1)
+            if self.image_newline is not None and len(grid) == 0:
+                tail = self.image_newline[None]
+            return torch.cat([base, tail])
+        side, D = self.config.feature_side, features.shape[-1]
+        rows, cols = grid_shape(tuple(size), self.config.image_grid_pinpoints, self.config.vision_config.image_size)
+        grid = grid.view(rows, cols, side, side, D).permute(0, 2, 1, 3, 4).reshape(rows * side, cols * side, D)
+        if self.config.patch_merge_type == "spatial":
+            return torch.cat([base, grid.flatten(0, 1)])
+        top, bottom, left, right = unpadded_shape(tuple(size), (rows * side, cols * side))
+        grid = grid[top:bottom, left:right]  # (h, w, D) without the letterbox rows/columns
+        newline = self.image_newline.to(grid.dtype).expand(grid.shape[0], 1, D)
+        return torch.cat([base, torch.cat([grid, newline], dim=1).flatten(0, 1)])
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
+            image_features = torch.cat(self.get_image_features(pixel_values, image_sizes).pooler_output)
+            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return LlavaCausalLMOutputWithPast(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            image_hidden_states=image_features,
+        )

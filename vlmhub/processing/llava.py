@@ -1,0 +1,208 @@
+"""LLaVA processors: CLIP preprocessing with LLaVA-1.5's pad-to-square or NeXT's AnyRes crops, and the expansion of
+each `<image>` into exactly as many image tokens as the model will produce for that image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ImagesKwargs, ProcessorMixin
+
+from ..geometry.anyres import anyres_num_tokens, fit_within, grid_shape
+from .clip import VlmhubCLIPImageProcessor
+from .image import BICUBIC, preprocess_image, resize
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+# LLaVA-1.5's `vicuna_v1` conversation: "<system> USER: <image>\n<question> ASSISTANT: <answer></s>USER: ..."
+CHAT_TEMPLATE = (
+    "{% set system = namespace(text='" + VICUNA_SYSTEM.replace("'", "\\'") + "') %}"
+    "{% for m in messages if m['role'] == 'system' %}{% set system.text = m['content'] if m['content'] is string "
+    "else m['content'][0]['text'] %}{% endfor %}{{ system.text }} "
+    "{% for m in messages if m['role'] != 'system' %}{{ 'USER' if m['role'] == 'user' else 'ASSISTANT' }}: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ ' ' if m['role'] == 'user' else '</s>' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+class LlavaImagesKwargs(ImagesKwargs, total=False):
+    image_aspect_ratio: str
+    image_grid_pinpoints: list[list[int]]
+
+
+class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
+    """CLIP preprocessing plus LLaVA's image_aspect_ratio: "square" (as is), "pad" (expand to a square on the mean
+    colour first, LLaVA-1.5) or "anyres" (NeXT: the whole image resized to one crop, then the crops of the best
+    pinpoint canvas, row-major). AnyRes returns pixel_values (images, max_crops, 3, H, W) and image_sizes (h, w)."""
+
+    valid_kwargs = LlavaImagesKwargs
+    image_aspect_ratio = "pad"
+    image_grid_pinpoints = None
+
+    def _preprocess(self, images, return_tensors=None, image_aspect_ratio=None, image_grid_pinpoints=None, **options):
+        options.pop("do_pad", None)
+        if image_aspect_ratio == "anyres":
+            return self._anyres(images, image_grid_pinpoints, return_tensors, **options)
+        if image_aspect_ratio == "pad":
+            fill = tuple(int(x * 255) for x in options["image_mean"])
+            images = [expand_to_square(image, fill) for image in images]
+        return super()._preprocess(images, return_tensors=return_tensors, **options)
+
+    def _anyres(self, images, pinpoints, return_tensors, **options) -> BatchFeature:
+        if not pinpoints:
+            raise ValueError("image_aspect_ratio='anyres' needs image_grid_pinpoints")
+        crop = options["crop_size"].height
+        crops = [[preprocess_image(c, **options) for c in anyres_crops(image, pinpoints, crop)] for image in images]
+        most = max(len(c) for c in crops)
+        pixel_values = torch.zeros(len(images), most, *crops[0][0].shape)
+        for i, image_crops in enumerate(crops):
+            pixel_values[i, : len(image_crops)] = torch.stack(image_crops)
+        sizes = torch.tensor([[image.height, image.width] for image in images])
+        return BatchFeature(data={"pixel_values": pixel_values, "image_sizes": sizes}, tensor_type=return_tensors)
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    """Pad the short side symmetrically with `fill` (LLaVA's expand2square: the image is pasted at (d // 2))."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def anyres_crops(image: Image.Image, pinpoints, crop: int) -> list[Image.Image]:
+    """[the whole image squashed to crop x crop] + the crops of the best canvas (fitted, centred on black)."""
+    h, w = image.height, image.width
+    rows, cols = grid_shape((h, w), pinpoints, crop)
+    canvas_h, canvas_w = rows * crop, cols * crop
+    new_h, new_w = fit_within((h, w), (canvas_h, canvas_w))
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (0, 0, 0))
+    canvas.paste(resize(image, (new_h, new_w), BICUBIC), ((canvas_w - new_w) // 2, (canvas_h - new_h) // 2))
+    grid = [canvas.crop((c * crop, r * crop, (c + 1) * crop, (r + 1) * crop)) for r in range(rows) for c in range(cols)]
+    return [resize(image, (crop, crop), BICUBIC)] + grid
+
+
+class VlmhubLlavaProcessor(ProcessorMixin):
+    """Image processor + tokenizer; each `<image>` in the text becomes the image's exact number of image tokens.
+
+    The model-side numbers it needs (patch_size, vision_feature_select_strategy, patch_merge_type,
+    spatial_pool_stride) are stored here, as transformers' LlavaProcessor stores patch_size.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, patch_size: int = 14, vision_feature_select_strategy: str = "patch",
+                 patch_merge_type: str = "flat", spatial_pool_stride: int = 1, image_token: str = "<image>",
+                 chat_template: str | None = CHAT_TEMPLATE, **kwargs):
+        self.patch_size = patch_size
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.patch_merge_type = patch_merge_type
+        self.spatial_pool_stride = spatial_pool_stride
+        self.image_token = image_token
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    @property
+    def image_token_id(self) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {self.image_token!r} token: add it as a special token first")
+        return token_id
+
+    def num_image_tokens(self, image_size: tuple[int, int]) -> int:
+        """Image tokens the model produces for an image of (height, width)."""
+        ip = self.image_processor
+        crop = ip.crop_size["height"]
+        side = crop // self.patch_size // self.spatial_pool_stride
+        if ip.image_aspect_ratio == "anyres":
+            return anyres_num_tokens(tuple(image_size), ip.image_grid_pinpoints, crop, side, self.patch_merge_type)
+        return side * side + (self.vision_feature_select_strategy == "cls_patch")
+
+    def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
+        texts = [text] if isinstance(text, str) else list(text or [])
+        images = _flatten(images)
+        placeholders = sum(t.count(self.image_token) for t in texts)
+        if placeholders != len(images):
+            raise ValueError(f"The text has {placeholders} {self.image_token} placeholders but {len(images)} images were given")
+        data = {}
+        if images:
+            image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.image_processor.valid_kwargs.__annotations__}
+            data.update(self.image_processor(images, return_tensors="pt", **image_kwargs))
+            sizes = data["image_sizes"].tolist() if "image_sizes" in data else [
+                (im.height, im.width) for im in self.image_processor.fetch_images(images)]
+            counts = iter(self.num_image_tokens(size) for size in sizes)
+            texts = [_expand(t, self.image_token, counts) for t in texts]
+        if texts:
+            encoding = self.tokenizer(texts, **{k: v for k, v in kwargs.items() if k != "return_tensors"})
+            self._check_truncation(texts, encoding["input_ids"])
+            data.update(encoding)
+        return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
+
+    def _check_truncation(self, texts: list[str], input_ids) -> None:
+        if not any(self.image_token in t for t in texts):
+            return
+        token_id = self.image_token_id
+        for row, (t, ids) in enumerate(zip(texts, input_ids)):
+            expected, got = t.count(self.image_token), list(ids).count(token_id)
+            if expected != got:
+                raise ValueError(f"Sample {row}: truncation cut through its image tokens ({got} of {expected} kept); "
+                                 "raise max_length or shorten the text, a partial image cannot be trained on")
+
+
+def _flatten(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return [im for item in images for im in _flatten(item)]
+    return [images]
+
+
+def _expand(text: str, token: str, counts) -> str:
+    parts = text.split(token)
+    return parts[0] + "".join(token * next(counts) + part for part in parts[1:])
+
+
+def _image_processor(settings: dict, config) -> VlmhubLlavaImageProcessor:
+    keys = set(VlmhubLlavaImageProcessor().to_dict()) - {"image_processor_type"}
+    settings = {k: v for k, v in settings.items() if k in keys and not k.startswith("_")}
+    settings.update(image_aspect_ratio=config.image_aspect_ratio, image_grid_pinpoints=config.image_grid_pinpoints)
+    return VlmhubLlavaImageProcessor(**settings)
+
+
+def _processor(image_processor, tokenizer, config) -> VlmhubLlavaProcessor:
+    return VlmhubLlavaProcessor(
+        image_processor, tokenizer, patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy, patch_merge_type=config.patch_merge_type,
+        spatial_pool_stride=config.spatial_pool_stride,
+    )
+
+
+def processor_from_transformers(folder, config):
+    """Our processor for a transformers llava / llava_next folder, when it holds preprocessing files."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    folder = Path(folder)
+    if not any((folder / name).exists() for name in ("preprocessor_config.json", "processor_config.json")):
+        return None
+    theirs = AutoImageProcessor.from_pretrained(folder).to_dict()
+    if theirs.get("do_pad") and config.image_aspect_ratio != "anyres":  # llava-hf's pad-to-square option
+        config.image_aspect_ratio = "pad"
+    return _processor(_image_processor(theirs, config), AutoTokenizer.from_pretrained(folder), config)
+
+
+def processor_from_llava(folder, tower_dir, config):
+    """Our processor for an original LLaVA checkpoint: the tower's CLIP preprocessing + LLaVA's tokenizer + <image>."""
+    from transformers import AutoTokenizer
+
+    folder, tower_dir = Path(folder), Path(tower_dir)
+    settings = json.loads((tower_dir / "preprocessor_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if tokenizer.convert_tokens_to_ids("<image>") != config.image_token_id:
+        raise ValueError(f"<image> got id {tokenizer.convert_tokens_to_ids('<image>')}, the model expects {config.image_token_id}")
+    return _processor(_image_processor(settings, config), tokenizer, config)
