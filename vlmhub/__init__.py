@@ -14,11 +14,13 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageTextToText,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
 from .configuration import VisionTowerConfig, VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig, VlmhubViTConfig
+from .configuration.llava import VlmhubLlavaConfig
 from .modeling import (
     VlmhubCLIPModel,
     VlmhubCLIPTextModel,
@@ -26,7 +28,9 @@ from .modeling import (
     VlmhubViTForImageClassification,
     VlmhubViTModel,
 )
+from .modeling.llava import VlmhubLlavaForConditionalGeneration
 from .processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
+from .processing.llava import VlmhubLlavaImageProcessor, VlmhubLlavaProcessor
 from .processing.tokenization import build_clip_tokenizer
 from .processing.vit import VlmhubViTImageProcessor
 from .conversion import convert
@@ -42,6 +46,8 @@ FAMILIES = [
      VlmhubCLIPImageProcessor, VlmhubCLIPProcessor),
     (VlmhubCLIPVisionConfig, VlmhubCLIPVisionModel, {}, VlmhubCLIPImageProcessor, None),
     (VlmhubCLIPTextConfig, VlmhubCLIPTextModel, {}, None, None),
+    (VlmhubLlavaConfig, VlmhubLlavaForConditionalGeneration,
+     {AutoModelForImageTextToText: VlmhubLlavaForConditionalGeneration}, VlmhubLlavaImageProcessor, VlmhubLlavaProcessor),
 ]
 
 
@@ -66,6 +72,8 @@ ViTConfig, ViTModel, ViTForImageClassification = VlmhubViTConfig, VlmhubViTModel
 CLIPConfig, CLIPTextConfig, CLIPVisionConfig = VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig
 CLIPModel, CLIPTextModel, CLIPVisionModel = VlmhubCLIPModel, VlmhubCLIPTextModel, VlmhubCLIPVisionModel
 ViTImageProcessor, CLIPImageProcessor, CLIPProcessor = VlmhubViTImageProcessor, VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
+LlavaConfig, LlavaForConditionalGeneration = VlmhubLlavaConfig, VlmhubLlavaForConditionalGeneration
+LlavaImageProcessor, LlavaProcessor = VlmhubLlavaImageProcessor, VlmhubLlavaProcessor
 
 __all__ = [
     "CLIPConfig",
@@ -81,6 +89,14 @@ __all__ = [
     "ViTForImageClassification",
     "ViTImageProcessor",
     "ViTModel",
+    "LlavaConfig",
+    "LlavaForConditionalGeneration",
+    "LlavaImageProcessor",
+    "LlavaProcessor",
+    "VlmhubLlavaConfig",
+    "VlmhubLlavaForConditionalGeneration",
+    "VlmhubLlavaImageProcessor",
+    "VlmhubLlavaProcessor",
     "VlmhubCLIPConfig",
     "VlmhubCLIPImageProcessor",
     "VlmhubCLIPModel",
