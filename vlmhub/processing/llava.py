@@ -114,8 +114,8 @@ class VlmhubLlavaProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer has no {self.image_token!r} token: add it as a special token first")
         return token_id
 
-    def num_image_tokens(self, image_size: tuple[int, int]) -> int:
-        """Image tokens the model produces for an image of (height, width)."""
+    def num_image_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+        """Image tokens the model produces for an image of (height, width); only AnyRes depends on the size."""
         ip = self.image_processor
         crop = ip.crop_size["height"]
         side = crop // self.patch_size // self.spatial_pool_stride
@@ -131,10 +131,10 @@ class VlmhubLlavaProcessor(ProcessorMixin):
             raise ValueError(f"The text has {placeholders} {self.image_token} placeholders but {len(images)} images were given")
         data = {}
         if images:
-            image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.image_processor.valid_kwargs.__annotations__}
+            image_keys = set(self.image_processor.valid_kwargs.__annotations__) - {"return_tensors"}
+            image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in image_keys}
             data.update(self.image_processor(images, return_tensors="pt", **image_kwargs))
-            sizes = data["image_sizes"].tolist() if "image_sizes" in data else [
-                (im.height, im.width) for im in self.image_processor.fetch_images(images)]
+            sizes = data["image_sizes"].tolist() if "image_sizes" in data else [None] * len(images)
             counts = iter(self.num_image_tokens(size) for size in sizes)
             texts = [_expand(t, self.image_token, counts) for t in texts]
         if texts:
