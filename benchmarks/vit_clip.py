@@ -5,30 +5,19 @@
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, table  # noqa: E402
-
-from vlmhub.conversion import convert  # noqa: E402
+from common import interleaved, pair, table  # noqa: E402
 
 SIZES = {
     # (hidden, layers, heads, mlp, image, patch) for the towers; text towers use 77 tokens.
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, image_size=32, patch_size=8),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224, patch_size=16),
 }
-
-
-def pair(hf_model):
-    """(transformers model, vlmhub model) with the same weights, both in eval mode."""
-    with tempfile.TemporaryDirectory() as folder:
-        hf_model.save_pretrained(folder)
-        ours, _ = convert("transformers", folder)
-    return hf_model.eval(), ours.eval()
 
 
 def bench_vit(size: str, batch: int, device: str):

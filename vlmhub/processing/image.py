@@ -154,6 +154,22 @@ def normalize(pixels: torch.Tensor, mean: float | list[float], std: float | list
     return (pixels - mean_t) / std_t
 
 
+def rescale_normalize(image: Image.Image, factor: float, mean, std, out: torch.Tensor | None = None) -> torch.Tensor:
+    """normalize(rescale(pixels)) of an 8-bit image through a 256-entry table per channel: the same float32 values
+    as the two steps (the table is computed by them), an order of magnitude faster on large crops. Writes into
+    `out` (C, H, W) float32 when given, so batches are filled in place."""
+    pixels = np.asarray(image)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels  # (H, W, C) uint8
+    H, W, C = pixels.shape
+    levels = torch.arange(256, dtype=torch.uint8).expand(C, 1, 256)  # (C, 1, 256) as a (C, H, W) image
+    table = normalize(rescale(levels, factor), mean, std)[:, 0].numpy()  # (C, 256)
+    out = torch.empty(C, H, W) if out is None else out
+    target = out.numpy()
+    for c in range(C):
+        np.take(table[c], pixels[..., c], out=target[c])
+    return out
+
+
 # --- the transformers-compatible processor built from the functions above -------------------------------------
 
 
@@ -168,13 +184,16 @@ def resize_to_size_dict(image: Image.Image, size: SizeDict, resample: int) -> Im
 
 def preprocess_image(
     image: Image.Image, *, do_resize, size, resample, do_center_crop, crop_size, do_rescale, rescale_factor,
-    do_normalize, image_mean, image_std, **unused,
+    do_normalize, image_mean, image_std, out: torch.Tensor | None = None, **unused,
 ) -> torch.Tensor:
-    """The whole pipeline for one image, with the resolved arguments of a processor call: (C, H, W) float32."""
+    """The whole pipeline for one image, with the resolved arguments of a processor call: (C, H, W) float32
+    (written into `out` when given and the image is rescaled and normalised)."""
     if do_resize:
         image = resize_to_size_dict(image, size, resample)
     if do_center_crop:
         image = center_crop(image, (crop_size.height, crop_size.width))
+    if do_rescale and do_normalize:
+        return rescale_normalize(image, rescale_factor, image_mean, image_std, out=out)
     pixels = pil_to_tensor(image)
     pixels = rescale(pixels, rescale_factor) if do_rescale else pixels.float()
     return normalize(pixels, image_mean, image_std) if do_normalize else pixels

@@ -58,11 +58,12 @@ class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
         if not pinpoints:
             raise ValueError("image_aspect_ratio='anyres' needs image_grid_pinpoints")
         crop = options["crop_size"].height
-        crops = [[preprocess_image(c, **options) for c in anyres_crops(image, pinpoints, crop)] for image in images]
-        most = max(len(c) for c in crops)
-        pixel_values = torch.zeros(len(images), most, *crops[0][0].shape)
+        crops = [anyres_crops(image, pinpoints, crop) for image in images]
+        pixel_values = torch.empty(len(images), max(map(len, crops)), 3, crop, crop)
         for i, image_crops in enumerate(crops):
-            pixel_values[i, : len(image_crops)] = torch.stack(image_crops)
+            for j, c in enumerate(image_crops):
+                pixel_values[i, j] = preprocess_image(c, out=pixel_values[i, j], **options)
+            pixel_values[i, len(image_crops):] = 0  # unused crops of images with a smaller grid
         sizes = torch.tensor([[image.height, image.width] for image in images])
         return BatchFeature(data={"pixel_values": pixel_values, "image_sizes": sizes}, tensor_type=return_tensors)
 

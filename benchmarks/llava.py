@@ -1,0 +1,109 @@
+"""LLaVA-1.5 and LLaVA-NeXT, vlmhub vs transformers on identical (converted) weights, CPU fp32, one process:
+prefill forward, greedy generation, and AnyRes preprocessing.
+
+    python benchmarks/llava.py [--sizes tiny,small] [--out benchmarks/results/llava.md]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import generation_rate, interleaved, pair, table  # noqa: E402
+
+import vlmhub  # noqa: E402,F401
+from vlmhub.geometry.anyres import anyres_num_tokens  # noqa: E402
+
+SIZES = {
+    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=28, patch_size=7),
+                 text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000)),
+    # a ViT-B/16 tower at 224 px (196 tokens per crop) and a ~130M-parameter Llama
+    "small": dict(vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=16),
+                  text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16, vocab_size=32000)),
+}
+IMAGE = 999  # below the vocab of either size
+
+
+def models(size: str, next_: bool):
+    s = SIZES[size]
+    vision = dict(s["vision"], model_type="clip_vision_model")
+    text = dict(s["text"], model_type="llama", pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    crop = s["vision"]["image_size"]
+    if next_:
+        pinpoints = [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop]]
+        config = transformers.LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=IMAGE, image_grid_pinpoints=pinpoints)
+        return pair(transformers.LlavaNextForConditionalGeneration(config)), pinpoints
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE)
+    return pair(transformers.LlavaForConditionalGeneration(config)), None
+
+
+def inputs(size: str, pinpoints) -> dict:
+    crop, patch = SIZES[size]["vision"]["image_size"], SIZES[size]["vision"]["patch_size"]
+    side = crop // patch
+    if pinpoints:
+        sizes = torch.tensor([[crop * 3 // 2, crop * 2]])
+        n = anyres_num_tokens(tuple(sizes[0].tolist()), pinpoints, crop, side)
+        extra = dict(pixel_values=torch.randn(1, 5, 3, crop, crop), image_sizes=sizes)
+    else:
+        n, extra = side * side, dict(pixel_values=torch.randn(1, 3, crop, crop))
+    ids = torch.cat([torch.randint(3, 900, (1, 20)), torch.full((1, n), IMAGE), torch.randint(3, 900, (1, 12))], dim=1)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
+
+
+def bench(size: str, next_: bool, new_tokens: int) -> list[dict]:
+    (hf, ours), pinpoints = models(size, next_)
+    x = inputs(size, pinpoints)
+    name = "LLaVA-NeXT" if next_ else "LLaVA-1.5"
+    repeats = 10 if size == "tiny" else 3
+    rows = [dict(name=f"{name} prefill ({x['input_ids'].shape[1]} tokens)", size=size,
+                 **interleaved({"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}, repeats=repeats))]
+    with torch.inference_mode():
+        t = {"theirs": [], "ours": []}
+        for _ in range(repeats):
+            t["theirs"].append(generation_rate(hf, x, new_tokens))
+            t["ours"].append(generation_rate(ours, x, new_tokens))
+    rows.append(dict(name=f"{name} greedy generation ({new_tokens} tokens)", size=size,
+                     theirs=float(np.median(t["theirs"])), ours=float(np.median(t["ours"]))))
+    return rows
+
+
+def bench_preprocessing(count: int = 16) -> dict:
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    theirs = LlavaNextImageProcessorPil(image_grid_pinpoints=pinpoints)
+    ours = vlmhub.LlavaImageProcessor(image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
+              for h, w in rng.integers(200, 1200, (count, 2))]
+    t = interleaved({"theirs": lambda: theirs(images, return_tensors="pt"), "ours": lambda: ours(images, return_tensors="pt")}, repeats=3, warmup=1)
+    return dict(name=f"AnyRes preprocessing ({count} images, 336 px crops)", size="real", **t)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--out", default="benchmarks/results/llava.md")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for size in args.sizes.split(","):
+        for next_ in (False, True):
+            rows += bench(size, next_, args.new_tokens)
+    rows.append(bench_preprocessing())
+    report = f"torch {torch.__version__}, transformers {transformers.__version__}, cpu, {torch.get_num_threads()} threads, " \
+             f"fp32, medians of interleaved runs\n\n" + table(rows)
+    print(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
