@@ -31,6 +31,9 @@ class VlmhubLlavaPreTrainedModel(VlmhubPreTrainedModel):
 
 
 class VlmhubLlavaForConditionalGeneration(VlmhubLlavaPreTrainedModel, GenerationMixin):
+    # What training stage 1 trains (and stage 2 trains in full beside LoRA).
+    connector_modules = ("multi_modal_projector",)
+
     def __init__(self, config: VlmhubLlavaConfig):
         super().__init__(config)
         layers = config.vision_feature_layer

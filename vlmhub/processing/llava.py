@@ -12,6 +12,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs, ProcessorMixin
 
 from ..geometry.anyres import anyres_num_tokens, fit_within, grid_shape
+from .base import TransformersFormatMixin
 from .clip import VlmhubCLIPImageProcessor
 from .image import BICUBIC, preprocess_image, resize
 
@@ -91,7 +92,7 @@ def anyres_crops(image: Image.Image, pinpoints, crop: int) -> list[Image.Image]:
     return [resize(image, (crop, crop), BICUBIC)] + grid
 
 
-class VlmhubLlavaProcessor(ProcessorMixin):
+class VlmhubLlavaProcessor(TransformersFormatMixin, ProcessorMixin):
     """Image processor + tokenizer; each `<image>` in the text becomes the image's exact number of image tokens.
 
     The model-side numbers it needs (patch_size, vision_feature_select_strategy, patch_merge_type,
@@ -124,6 +125,18 @@ class VlmhubLlavaProcessor(ProcessorMixin):
             return anyres_num_tokens(tuple(image_size), ip.image_grid_pinpoints, crop, side, self.patch_merge_type)
         return side * side + (self.vision_feature_select_strategy == "cls_patch")
 
+    def expand_image_tokens(self, text: str, sizes: list, spans: list[tuple[int, int]] = ()) -> tuple[str, list]:
+        """`text` with its i-th placeholder repeated num_image_tokens(sizes[i]) times, and character `spans` of the
+        original text moved to where they land in the expanded one."""
+        counts = iter(self.num_image_tokens(size) for size in sizes)
+        expanded, shifts, cursor = _expand(text, self.image_token, counts), [], 0
+        for n in (self.num_image_tokens(size) for size in sizes):
+            cursor = text.index(self.image_token, cursor) + len(self.image_token)
+            shifts.append((cursor, (n - 1) * len(self.image_token)))
+        def move(i):
+            return i + sum(extra for at, extra in shifts if at <= i)
+        return expanded, [(move(a), move(b)) for a, b in spans]
+
     def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
         texts = [text] if isinstance(text, str) else list(text or [])
         images = _flatten(images)
@@ -135,9 +148,8 @@ class VlmhubLlavaProcessor(ProcessorMixin):
             image_keys = set(self.image_processor.valid_kwargs.__annotations__) - {"return_tensors"}
             image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in image_keys}
             data.update(self.image_processor(images, return_tensors="pt", **image_kwargs))
-            sizes = data["image_sizes"].tolist() if "image_sizes" in data else [None] * len(images)
-            counts = iter(self.num_image_tokens(size) for size in sizes)
-            texts = [_expand(t, self.image_token, counts) for t in texts]
+            sizes = iter(data["image_sizes"].tolist() if "image_sizes" in data else [None] * len(images))
+            texts = [self.expand_image_tokens(t, [next(sizes) for _ in range(t.count(self.image_token))])[0] for t in texts]
         if texts:
             encoding = self.tokenizer(texts, **{k: v for k, v in kwargs.items() if k != "return_tensors"})
             self._check_truncation(texts, encoding["input_ids"])

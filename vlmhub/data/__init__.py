@@ -1,0 +1,1 @@
+"""Data the project makes itself: the synthetic scenes set and its tokenizer."""
