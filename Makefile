@@ -23,8 +23,10 @@ test: install
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
+# The Gradio Space (spaces/) with the embedded default models, served on http://127.0.0.1:7860.
 demo: install
-	@echo "The Gradio demo is coming (issue: Gradio demo Space); see README.md for the quickstart meanwhile."
+	$(PY) -m pip install -q -e ".[demo]"
+	$(PY) spaces/app.py --host 127.0.0.1 --port 7860
 
 bench: install
 	$(PY) benchmarks/vit_clip.py

@@ -2,10 +2,17 @@
 
 from pathlib import Path
 
+import PIL
 import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# The oracle bundles' pixels were made with Pillow 13, and our preprocessing reproduces them exactly there. gradio (the
+# demo) pins Pillow < 13, whose bicubic resampling lands a grey level or a few away on some images (up to 0.11 after
+# CLIP normalisation on the bundles). Preprocessing tests are exact under Pillow 13 and bounded by this otherwise.
+PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
+PIXEL_TOLERANCE = 0.0 if PILLOW_13 else 0.12
 
 
 @pytest.fixture(autouse=True)

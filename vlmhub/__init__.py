@@ -20,7 +20,11 @@ from transformers import (
 )
 
 from .configuration import VisionTowerConfig, VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig, VlmhubViTConfig
+from .configuration.blip import VlmhubBlipConfig
+from .configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
 from .configuration.llava import VlmhubLlavaConfig
+from .configuration.minigpt4 import VlmhubMiniGPT4Config
+from .configuration.mplug_owl import VlmhubMplugOwlConfig
 from .modeling import (
     VlmhubCLIPModel,
     VlmhubCLIPTextModel,
@@ -28,12 +32,22 @@ from .modeling import (
     VlmhubViTForImageClassification,
     VlmhubViTModel,
 )
+from .modeling.blip import VlmhubBlipForConditionalGeneration, VlmhubBlipForImageTextRetrieval
+from .modeling.blip2 import VlmhubBlip2ForConditionalGeneration, VlmhubBlip2ForImageTextRetrieval
 from .modeling.llava import VlmhubLlavaForConditionalGeneration
+from .modeling.minigpt4 import VlmhubMiniGPT4ForConditionalGeneration
+from .modeling.mplug_owl import VlmhubMplugOwlForConditionalGeneration
 from .processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
+from .processing.blip import VlmhubBlipImageProcessor, VlmhubBlipProcessor
+from .processing.blip2 import VlmhubBlip2ImageProcessor, VlmhubBlip2Processor
 from .processing.llava import VlmhubLlavaImageProcessor, VlmhubLlavaProcessor
+from .processing.minigpt4 import VlmhubMiniGPT4ImageProcessor, VlmhubMiniGPT4Processor
+from .processing.mplug_owl import VlmhubMplugOwlImageProcessor, VlmhubMplugOwlProcessor
 from .processing.tokenization import build_clip_tokenizer
 from .processing.vit import VlmhubViTImageProcessor
+from . import hub
 from .conversion import convert
+from .hub import export_remote_code
 from .tasks import zero_shot_classify
 
 __version__ = "0.1.0"
@@ -48,6 +62,15 @@ FAMILIES = [
     (VlmhubCLIPTextConfig, VlmhubCLIPTextModel, {}, None, None),
     (VlmhubLlavaConfig, VlmhubLlavaForConditionalGeneration,
      {AutoModelForImageTextToText: VlmhubLlavaForConditionalGeneration}, VlmhubLlavaImageProcessor, VlmhubLlavaProcessor),
+    (VlmhubMplugOwlConfig, VlmhubMplugOwlForConditionalGeneration,
+     {AutoModelForImageTextToText: VlmhubMplugOwlForConditionalGeneration}, VlmhubMplugOwlImageProcessor, VlmhubMplugOwlProcessor),
+    (VlmhubBlip2Config, VlmhubBlip2ForConditionalGeneration,
+     {AutoModelForImageTextToText: VlmhubBlip2ForConditionalGeneration}, VlmhubBlip2ImageProcessor, VlmhubBlip2Processor),
+    (VlmhubBlip2Stage1Config, VlmhubBlip2ForImageTextRetrieval, {}, VlmhubBlip2ImageProcessor, None),
+    (VlmhubMiniGPT4Config, VlmhubMiniGPT4ForConditionalGeneration,
+     {AutoModelForImageTextToText: VlmhubMiniGPT4ForConditionalGeneration}, VlmhubMiniGPT4ImageProcessor, VlmhubMiniGPT4Processor),
+    (VlmhubBlipConfig, VlmhubBlipForImageTextRetrieval,
+     {AutoModelForImageTextToText: VlmhubBlipForConditionalGeneration}, VlmhubBlipImageProcessor, VlmhubBlipProcessor),
 ]
 
 
@@ -97,6 +120,25 @@ __all__ = [
     "VlmhubLlavaForConditionalGeneration",
     "VlmhubLlavaImageProcessor",
     "VlmhubLlavaProcessor",
+    "VlmhubBlip2Config",
+    "VlmhubBlip2ForConditionalGeneration",
+    "VlmhubBlip2ForImageTextRetrieval",
+    "VlmhubBlip2ImageProcessor",
+    "VlmhubBlip2Processor",
+    "VlmhubBlip2Stage1Config",
+    "VlmhubBlipConfig",
+    "VlmhubBlipForConditionalGeneration",
+    "VlmhubBlipForImageTextRetrieval",
+    "VlmhubBlipImageProcessor",
+    "VlmhubBlipProcessor",
+    "VlmhubMiniGPT4Config",
+    "VlmhubMiniGPT4ForConditionalGeneration",
+    "VlmhubMiniGPT4ImageProcessor",
+    "VlmhubMiniGPT4Processor",
+    "VlmhubMplugOwlConfig",
+    "VlmhubMplugOwlForConditionalGeneration",
+    "VlmhubMplugOwlImageProcessor",
+    "VlmhubMplugOwlProcessor",
     "VlmhubCLIPConfig",
     "VlmhubCLIPImageProcessor",
     "VlmhubCLIPModel",
@@ -111,5 +153,7 @@ __all__ = [
     "VlmhubViTModel",
     "build_clip_tokenizer",
     "convert",
+    "export_remote_code",
+    "hub",
     "zero_shot_classify",
 ]

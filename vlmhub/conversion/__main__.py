@@ -14,10 +14,18 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--num-attention-heads", type=int, help="timm-vit .pth only: the head count it does not store")
     parser.add_argument("--vision-tower", help="llava only: the CLIP tower folder its mm_vision_tower names")
+    parser.add_argument("--check", action="store_true",
+                        help="run the original (transformers source) on a tiny random input; the card shows the max abs diff")
+    parser.add_argument("--remote-code", action="store_true",
+                        help="also write flat code files + auto_map: loads with trust_remote_code=True without vlmhub")
+    parser.add_argument("--qformer-num-attention-heads", type=int,
+                        help="lavis-blip2 / minigpt4: the Q-Former head count LAVIS does not store (default: width // 64)")
     args = parser.parse_args(argv)
-    options = {k: v for k, v in (("num_attention_heads", args.num_attention_heads), ("vision_tower", args.vision_tower)) if v}
+    named = ("num_attention_heads", "vision_tower", "qformer_num_attention_heads")
+    options = {k: getattr(args, k) for k in named if getattr(args, k)}
     try:
-        convert(args.source, args.input, args.output, overwrite=args.overwrite, **options)
+        convert(args.source, args.input, args.output, overwrite=args.overwrite, check=args.check,
+                remote_code=args.remote_code, **options)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"vlmhub-convert: error: {err}", file=sys.stderr)
         return 1

@@ -46,3 +46,19 @@ def scalar(t: torch.Tensor) -> torch.Tensor:
 def append_mean_row(t: torch.Tensor) -> torch.Tensor:
     """One more vocabulary row (a new token such as <image>), initialised to the mean of the others."""
     return torch.cat([t, t.float().mean(0, keepdim=True).to(t.dtype)])
+
+
+def permute_for_rope(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Meta's q/k projection (RoPE on adjacent pairs: 0,1 | 2,3 ...) -> the rotate-half layout of transformers'
+    Llama (first half | second half of each head): rows (heads, hs/2, 2) -> (heads, 2, hs/2)."""
+    out_dim, in_dim = t.shape
+    return t.view(num_heads, out_dim // num_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim).contiguous()
+
+
+def split_qkv_per_head(t: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fused query_key_value projection laid out per head, rows (heads, 3, hs) (mPLUG-Owl's vision attention,
+    Megatron/BLOOM style) -> q, k, v, each rows (heads, hs). Works on weights (3D, in) and biases (3D,)."""
+    rows = t.shape[0]
+    per_head = t.reshape(num_heads, 3, rows // (3 * num_heads), *t.shape[1:])  # (heads, 3, hs, ...)
+    q, k, v = (per_head[:, i].reshape(rows // 3, *t.shape[1:]).contiguous() for i in range(3))
+    return q, k, v

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
 from .blocks import VisionTransformer
+from .blocks.bert import BertLMHead
 from .connectors.qformer import QFormer, stage1_attention_mask
 from .merge import merge_image_features
 from .pretrained import VlmhubPreTrainedModel
@@ -75,17 +75,12 @@ class Blip2VisionEncoder(nn.Module):
         return self.ln_vision(self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state)
 
 
-class VlmhubBlip2ForConditionalGeneration(VlmhubBlip2PreTrainedModel, GenerationMixin):
-    config_class = VlmhubBlip2Config
-    main_input_name = "input_ids"
+class ImageSoftPromptModel(VlmhubBlip2PreTrainedModel, GenerationMixin):
+    """A causal LM whose image tokens are replaced by `get_image_features(pixel_values)` (B, image tokens, text width).
 
-    def __init__(self, config: VlmhubBlip2Config):
-        super().__init__(config)
-        self.vision = Blip2VisionEncoder(config)
-        self.qformer = QFormer(config.qformer_config)
-        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.post_init()
+    Subclasses build `language_model` and define get_image_features and num_image_tokens (BLIP-2, MiniGPT-4)."""
+
+    main_input_name = "input_ids"
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -99,10 +94,12 @@ class VlmhubBlip2ForConditionalGeneration(VlmhubBlip2PreTrainedModel, Generation
     def set_output_embeddings(self, value):
         self.language_model.set_output_embeddings(value)
 
+    @property
+    def num_image_tokens(self) -> int:
+        raise NotImplementedError
+
     def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """The soft prompt: (B, 3, H, W) -> (B, num_query_tokens, text width)."""
-        query_output = self.qformer(self.vision(pixel_values, interpolate_pos_encoding))  # (B, Q, Dq)
-        return self.language_projection(query_output)
+        raise NotImplementedError
 
     @can_return_tuple
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -130,24 +127,31 @@ class VlmhubBlip2ForConditionalGeneration(VlmhubBlip2PreTrainedModel, Generation
         """As GenerationMixin.generate; with images but no prompt, the prompt is the image tokens and BOS
         (what transformers' Blip2ForConditionalGeneration.generate builds)."""
         if input_ids is None and pixel_values is not None and "inputs_embeds" not in kwargs:
-            prompt = [self.config.image_token_id] * self.config.num_query_tokens + [self.config.text_config.bos_token_id]
+            prompt = [self.config.image_token_id] * self.num_image_tokens + [self.config.text_config.bos_token_id]
             input_ids = torch.tensor([prompt], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
             attention_mask = torch.ones_like(input_ids)
         return super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
 
 
-class QFormerLMHead(nn.Module):
-    """BERT's LM head on the Q-Former text states: dense -> act -> LayerNorm -> decoder (tied to the word embeddings)."""
+class VlmhubBlip2ForConditionalGeneration(ImageSoftPromptModel):
+    config_class = VlmhubBlip2Config
 
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+    def __init__(self, config: VlmhubBlip2Config):
+        super().__init__(config)
+        self.vision = Blip2VisionEncoder(config)
+        self.qformer = QFormer(config.qformer_config)
+        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
 
-    def forward(self, x):
-        return self.decoder(self.norm(self.act(self.dense(x))))
+    @property
+    def num_image_tokens(self) -> int:
+        return self.config.num_query_tokens
+
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The soft prompt: (B, 3, H, W) -> (B, num_query_tokens, text width)."""
+        query_output = self.qformer(self.vision(pixel_values, interpolate_pos_encoding))  # (B, Q, Dq)
+        return self.language_projection(query_output)
 
 
 class VlmhubBlip2ForImageTextRetrieval(VlmhubBlip2PreTrainedModel):
@@ -166,7 +170,7 @@ class VlmhubBlip2ForImageTextRetrieval(VlmhubBlip2PreTrainedModel):
         self.vision_proj = nn.Linear(Dq, E)
         self.text_proj = nn.Linear(Dq, E)
         self.itm_head = nn.Linear(Dq, 2)
-        self.lm_head = QFormerLMHead(config.qformer_config)
+        self.lm_head = BertLMHead(config.qformer_config)
         self.temp = nn.Parameter(torch.tensor(config.temperature_init_value))
         self.post_init()
 

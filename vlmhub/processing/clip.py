@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from transformers.processing_utils import ProcessorMixin
 
+from .base import TransformersFormatMixin
 from .image import BICUBIC, ResizeCropImageProcessor
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # statistics of OpenAI's training set, from clip/clip.py
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-class VlmhubCLIPImageProcessor(ResizeCropImageProcessor):
+class VlmhubCLIPImageProcessor(TransformersFormatMixin, ResizeCropImageProcessor):
     """Resize the short side to 224 (bicubic), centre crop 224x224, rescale, normalise with CLIP's statistics.
 
     Keyword arguments (each overrides the class default below, also per call in `__call__`): do_resize, size,
@@ -38,7 +39,7 @@ class VlmhubCLIPImageProcessor(ResizeCropImageProcessor):
     do_convert_rgb = True
 
 
-class VlmhubCLIPProcessor(ProcessorMixin):
+class VlmhubCLIPProcessor(TransformersFormatMixin, ProcessorMixin):
     """Pairs a `VlmhubCLIPImageProcessor` with any transformers tokenizer, like transformers' `CLIPProcessor`.
 
     `processor(text=..., images=..., padding=..., truncation=..., max_length=..., return_tensors="pt")` returns

@@ -20,16 +20,21 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-# LLaVA-1.5's `vicuna_v1` conversation: "<system> USER: <image>\n<question> ASSISTANT: <answer></s>USER: ..."
-CHAT_TEMPLATE = (
-    "{% set system = namespace(text='" + VICUNA_SYSTEM.replace("'", "\\'") + "') %}"
-    "{% for m in messages if m['role'] == 'system' %}{% set system.text = m['content'] if m['content'] is string "
-    "else m['content'][0]['text'] %}{% endfor %}{{ system.text }} "
-    "{% for m in messages if m['role'] != 'system' %}{{ 'USER' if m['role'] == 'user' else 'ASSISTANT' }}: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ ' ' if m['role'] == 'user' else '</s>' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+def llava_chat_template(system: str = VICUNA_SYSTEM) -> str:
+    """LLaVA-1.5's `vicuna_v1` conversation: "<system> USER: <image>\n<question> ASSISTANT: <answer></s>USER: ..."
+    (a system message in the conversation replaces `system`; an empty one drops it)."""
+    return (
+        "{% set system = namespace(text='" + system.replace("'", "\\'") + "') %}"
+        "{% for m in messages if m['role'] == 'system' %}{% set system.text = m['content'] if m['content'] is string "
+        "else m['content'][0]['text'] %}{% endfor %}{% if system.text %}{{ system.text }} {% endif %}"
+        "{% for m in messages if m['role'] != 'system' %}{{ 'USER' if m['role'] == 'user' else 'ASSISTANT' }}: "
+        "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "{{ ' ' if m['role'] == 'user' else '</s>' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = llava_chat_template()
 
 
 class LlavaImagesKwargs(ImagesKwargs, total=False):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .base import TransformersFormatMixin
 from .image import BILINEAR, ResizeCropImageProcessor
 
 
-class VlmhubViTImageProcessor(ResizeCropImageProcessor):
+class VlmhubViTImageProcessor(TransformersFormatMixin, ResizeCropImageProcessor):
     """Squash to 224x224 (no crop, aspect ratio not kept), rescale to [0, 1], normalise to [-1, 1].
 
     Keyword arguments, each overriding the class default below for every call (and per call in `__call__`):

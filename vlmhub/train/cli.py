@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="LLaVA conversation JSON / JSON lines")
     t.add_argument("--image-folder", help="folder the records' image paths are relative to")
     t.add_argument("--output", required=True)
-    t.add_argument("--stage", type=int, default=2, choices=[1, 2])
+    t.add_argument("--stage", type=_stage, default=2, help="1 (connector), 2 (LoRA + connector) or full (everything)")
     t.add_argument("--connector", help="stage 2: connector weights (connector.safetensors) from a stage-1 run")
     t.add_argument("--steps", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=4, help="global batch size, split over processes")
@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stage(value: str):
+    if value not in ("1", "2", "full"):
+        raise argparse.ArgumentTypeError(f"--stage must be 1, 2 or full, not {value!r}")
+    return value if value == "full" else int(value)
+
+
 def run_train(a) -> dict:
     set_seed(a.seed)  # before LoRA's random init, so runs (and resumed runs) start from the same weights
     model, processor = load_for_training(a.model, a.load_in_4bit, a.load_in_8bit)
@@ -73,10 +79,10 @@ def run_train(a) -> dict:
 
 
 def save_result(model, processor, out: Path, stage: int):
-    """Stage 2: the peft adapter (LoRA + the connector in full). Stage 1: connector.safetensors."""
+    """Stage 2: the peft adapter (LoRA + the connector in full). Stage 1: connector.safetensors. Full: the model."""
     out.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(out)
-    if stage == 2:
+    if stage in (2, "full"):
         model.save_pretrained(out)
         return
     names = tuple(model.connector_modules)

@@ -21,7 +21,7 @@ from .data import ConversationCollator
 @dataclass
 class TrainArgs:
     output: str
-    stage: int = 2
+    stage: int | str = 2
     steps: int = 100
     batch_size: int = 4  # global batch, split over the processes
     lr: float = 2e-4

@@ -51,9 +51,12 @@ def lora_target_regex(targets: list[str], on_vision: bool) -> str:
     return rf"^(?:{'|'.join(scopes)})\..*\.(?:{'|'.join(map(re.escape, targets))})$"
 
 
-def apply_stage(model, stage: int, lora_targets=("q_proj", "v_proj"), lora_on_vision=False, rank=8, alpha=16, dropout=0.05):
-    """Stage 1: only the connector trains. Stage 2: LoRA on the language model + the connector in full."""
+def apply_stage(model, stage, lora_targets=("q_proj", "v_proj"), lora_on_vision=False, rank=8, alpha=16, dropout=0.05):
+    """Stage 1: only the connector trains. Stage 2: LoRA on the language model + the connector in full.
+    "full": every weight trains (small models trained from scratch, such as the embedded defaults)."""
     connector = list(model.connector_modules)
+    if stage == "full":
+        return model.requires_grad_(True)
     if stage == 1:
         model.requires_grad_(False)
         for name in connector:

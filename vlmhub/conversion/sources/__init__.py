@@ -1,10 +1,13 @@
 """One module per released checkpoint format; each exposes convert(input_path, **options) -> (model, processor)."""
 
-from . import llava, openai_clip, timm_vit, transformers
+from . import lavis_blip2, llava, minigpt4, mplug_owl, openai_clip, timm_vit, transformers
 
 SOURCES = {
     "transformers": transformers,
     "openai-clip": openai_clip,
     "timm-vit": timm_vit,
     "llava": llava,
+    "mplug-owl": mplug_owl,
+    "lavis-blip2": lavis_blip2,
+    "minigpt4": minigpt4,
 }

@@ -1,15 +1,19 @@
-"""transformers' BLIP-2 (model_type `blip-2`, Blip2ForConditionalGeneration with a decoder-only LM) -> vlmhub.
+"""transformers' BLIP-2 (model_type `blip-2`, Blip2ForConditionalGeneration with a decoder-only LM) and BLIP (`blip`:
+BlipForConditionalGeneration, BlipForImageTextRetrieval) -> vlmhub.
 
 Keys as transformers saves them: vision_model.* (a fused `qkv` whose bias is cat(q_bias, 0, v_bias)),
 query_tokens, qformer.{layernorm, encoder.layer.N.*}, language_projection.*, language_model.* (the LM's own layout,
 which is also ours, so it maps one to one).
 """
 
+import re
 from pathlib import Path
 
 import torch
 
+from ...configuration.blip import VlmhubBlipConfig, VlmhubBlipTextConfig
 from ...configuration.blip2 import VlmhubBlip2Config
+from ...modeling.blip import VlmhubBlipForConditionalGeneration, VlmhubBlipForImageTextRetrieval
 from ...modeling.blip2 import VlmhubBlip2ForConditionalGeneration
 from ..engine import ConversionError, Rule
 from ..transforms import split_qkv, squeeze_batch
@@ -47,19 +51,19 @@ def qformer_rules(src: str, dst: str, self_name: str) -> list[Rule]:
     return rules
 
 
-def vision_rules(k_bias: bool) -> list[Rule]:
-    block, layer = r"vision_model\.encoder\.layers\.(\d+)\.", "vision.vision_model.encoder.layers.{0}."
+def vision_rules(k_bias: bool, dst: str = "vision.vision_model.", final_norm: str = "vision.ln_vision") -> list[Rule]:
+    """transformers' BLIP / BLIP-2 ViT (fused qkv, `projection`) -> our ViT at `dst`; post_layernorm -> final_norm."""
+    block, layer = r"vision_model\.encoder\.layers\.(\d+)\.", dst + "encoder.layers.{0}."
     qkv_bias = (tuple(layer + f"self_attn.{p}_proj.bias" for p in "qkv"), split_qkv) if k_bias else \
         (tuple(layer + f"self_attn.{p}_proj.bias" for p in "qv"), split_qv_bias)
     return [
-        Rule(r"vision_model\.embeddings\.(class_embedding|position_embedding)", "vision.vision_model.embeddings.{0}",
-             squeeze_batch),
-        Rule(r"vision_model\.embeddings\.patch_embedding\.(weight|bias)", "vision.vision_model.embeddings.patch_embedding.{0}"),
+        Rule(r"vision_model\.embeddings\.(class_embedding|position_embedding)", dst + "embeddings.{0}", squeeze_batch),
+        Rule(r"vision_model\.embeddings\.patch_embedding\.(weight|bias)", dst + "embeddings.patch_embedding.{0}"),
         Rule(block + r"self_attn\.qkv\.weight", tuple(layer + f"self_attn.{p}_proj.weight" for p in "qkv"), split_qkv),
         Rule(block + r"self_attn\.qkv\.bias", *qkv_bias),
         Rule(block + r"self_attn\.projection\.(weight|bias)", layer + "self_attn.o_proj.{1}"),
         Rule(block + r"(layer_norm[12]|mlp\.fc[12])\.(weight|bias)", layer + "{1}.{2}"),
-        Rule(r"vision_model\.post_layernorm\.(weight|bias)", "vision.ln_vision.{0}"),
+        Rule(r"vision_model\.post_layernorm\.(weight|bias)", final_norm + ".{0}"),
     ]
 
 
@@ -99,7 +103,19 @@ def build_blip2(hf: dict, sd: dict, folder: Path):
     biases = [t for k, t in sd.items() if k.endswith("self_attn.qkv.bias")]
     k_bias = any(bool(b.chunk(3)[1].any()) for b in biases)  # EVA's key bias is zero; keep it only if it is not
     model = VlmhubBlip2ForConditionalGeneration(blip2_config(hf, k_bias))
+    fill_tied_lm_head(model, sd)
     return model, blip2_table(k_bias), _processor(folder, model.config)
+
+
+def fill_tied_lm_head(model, sd: dict) -> None:
+    """A tied LM saves no lm_head; our state dict lists it, so give it the input embeddings (in place)."""
+    head = model.get_output_embeddings()
+    if "language_model.lm_head.weight" in sd or head is None or head.weight is not model.get_input_embeddings().weight:
+        return
+    name = next(n for n, p in model.named_parameters() if p is head.weight)
+    if name not in sd:
+        raise ConversionError(f"the language model ties lm_head to {name}, which the checkpoint lacks")
+    sd["language_model.lm_head.weight"] = sd[name]
 
 
 def _processor(folder: Path, config):
@@ -108,7 +124,49 @@ def _processor(folder: Path, config):
     return processor_from_transformers(folder, config)
 
 
+def blip_text_rules(src: str, dst: str) -> list[Rule]:
+    """BERT with cross-attention in every layer (`{src}embeddings`, `{src}encoder.layer.N`) -> our BlipTextModel."""
+    s = src.replace(".", r"\.")
+    return [
+        Rule(s + r"embeddings\.(word|position)_embeddings\.weight", dst + "{0}_embeddings.weight"),
+        Rule(s + r"embeddings\.LayerNorm\.(weight|bias)", dst + "layernorm.{0}"),
+        Rule(s + r"embeddings\.position_ids", None),
+        *qformer_rules(src, dst, "self"),
+    ]
+
+
+def blip_config(hf: dict) -> VlmhubBlipConfig:
+    vision, text = hf.get("vision_config") or {}, dict(hf.get("text_config") or {})
+    vision_kwargs = {k: vision[k] for k in VISION_KEYS if k in vision and k != "qkv_bias"}
+    text_kwargs = {k: v for k, v in text.items() if k in VlmhubBlipTextConfig.__annotations__ and v is not None}
+    text_kwargs.setdefault("label_smoothing", hf.get("label_smoothing", 0.0))  # transformers' default: none
+    return VlmhubBlipConfig(vision_config=vision_kwargs, text_config=text_kwargs,
+                            image_text_hidden_size=hf.get("image_text_hidden_size", 256))
+
+
+def build_blip(hf: dict, sd: dict, folder: Path):
+    arch = (hf.get("architectures") or ["BlipForConditionalGeneration"])[0]
+    vision = vision_rules(True, "vision_model.", "vision_model.post_layernorm")
+    if arch == "BlipForConditionalGeneration":
+        head = "text_decoder.cls.predictions."
+        sd.setdefault(head + "decoder.weight", sd["text_decoder.bert.embeddings.word_embeddings.weight"])  # tied
+        table = vision + blip_text_rules("text_decoder.bert.", "text_decoder.") + [
+            Rule(re.escape(head) + r"transform\.dense\.(weight|bias)", "lm_head.dense.{0}"),
+            Rule(re.escape(head) + r"transform\.LayerNorm\.(weight|bias)", "lm_head.norm.{0}"),
+            Rule(re.escape(head) + r"decoder\.weight", "lm_head.decoder.weight"),
+            Rule(re.escape(head) + r"bias", "lm_head.decoder.bias"),
+            Rule(re.escape(head) + r"decoder\.bias", None),  # the same tensor as predictions.bias
+        ]
+        return VlmhubBlipForConditionalGeneration(blip_config(hf)), table, None
+    if arch == "BlipForImageTextRetrieval":
+        table = vision + blip_text_rules("text_encoder.", "text_encoder.") + [
+            Rule(r"(vision_proj|text_proj|itm_head)\.(weight|bias)", "{0}.{1}")]
+        return VlmhubBlipForImageTextRetrieval(blip_config(hf)), table, None
+    raise ConversionError(f"transformers {arch} checkpoints are not supported; convert BlipForConditionalGeneration "
+                          "or BlipForImageTextRetrieval")
+
+
 def build(hf: dict, sd: dict, folder: Path):
     if hf.get("model_type") == "blip-2":
         return build_blip2(hf, sd, folder)
-    raise ConversionError(f"transformers model_type {hf.get('model_type')!r}: BLIP v1 conversion is not implemented yet")
+    return build_blip(hf, sd, folder)

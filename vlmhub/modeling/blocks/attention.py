@@ -31,11 +31,26 @@ def eager_attention(module, query, key, value, attention_mask, scaling, dropout=
     return out, weights
 
 
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight, computed in float32 (Llama's and Meta's RMSNorm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention over `hidden_states`, or over `context` when given (cross-attention).
 
     hidden_states (B, T, D) -> (B, T, D). `context` (B, S, kv_dim) supplies keys and values. `attention_mask` is
     boolean (True = attend) or additive, broadcastable to (B, nh, T, S). Grouped-query attention via num_kv_heads.
+    `qk_norm_eps` adds RMSNorms over head_dim on queries and keys (q_norm, k_norm: Mllama's cross-attention).
+    `key_value` passes keys/values projected earlier by `project_key_value` (a cross-attention K/V cache).
     """
 
     def __init__(
@@ -52,6 +67,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
         dropout: float = 0.0,
         layer_idx: int | None = None,
+        qk_norm_eps: float | None = None,
     ):
         super().__init__()
         self.config = config  # read at call time: set_attn_implementation() switches kernels live
@@ -69,15 +85,31 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, kv_out, bias=bias if k_bias is None else k_bias)
         self.v_proj = nn.Linear(kv_dim, kv_out, bias=bias)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=out_bias)
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=qk_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
 
-    def forward(self, hidden_states, context=None, attention_mask=None, past_key_values=None, output_attentions=False):
+    def project_key_value(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """source (B, S, kv_dim) -> keys, values (B, nkv, S, hs), k_norm applied."""
+        B, S, _ = source.shape
+        k = self.k_proj(source).view(B, S, -1, self.head_dim).transpose(1, 2)  # (B, nkv, S, hs)
+        v = self.v_proj(source).view(B, S, -1, self.head_dim).transpose(1, 2)
+        return (k if self.k_norm is None else self.k_norm(k)), v
+
+    def forward(self, hidden_states, context=None, attention_mask=None, past_key_values=None, output_attentions=False,
+                key_value=None):
         B, T, _ = hidden_states.shape
-        source = hidden_states if context is None else context
         q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(source).view(B, source.shape[1], -1, self.head_dim).transpose(1, 2)  # (B, nkv, S, hs)
-        v = self.v_proj(source).view(B, source.shape[1], -1, self.head_dim).transpose(1, 2)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if key_value is None:
+            k, v = self.project_key_value(hidden_states if context is None else context)
+            if past_key_values is not None:
+                k, v = past_key_values.update(k, v, self.layer_idx)
+        else:
+            k, v = key_value
 
         if output_attentions:
             attend = eager_attention
@@ -91,7 +123,7 @@ class Attention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
-            is_causal=self.is_causal and context is None,
+            is_causal=self.is_causal and context is None and key_value is None,
         )
         out = self.o_proj(out.reshape(B, T, -1))
         return out, weights

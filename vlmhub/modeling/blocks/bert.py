@@ -6,6 +6,7 @@ attention_probs_dropout_prob, and encoder_hidden_size for the cross-attention.
 """
 
 from torch import nn
+from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import Attention
@@ -57,6 +58,20 @@ class BertLayer(GradientCheckpointingLayer):
     def forward(self, x, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 past_key_values=None, output_attentions=False):
         x, weights = self.attend(x, attention_mask, past_key_values, output_attentions)
-        if self.cross_attn is not None:
+        if self.cross_attn is not None and encoder_hidden_states is not None:  # no image: the unimodal text mode
             x = self.cross_attend(x, encoder_hidden_states, encoder_attention_mask)
         return self.feed_forward(x), weights
+
+
+class BertLMHead(nn.Module):
+    """BERT's LM head: dense -> act -> LayerNorm -> decoder (its weight tied to the word embeddings by the model)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, x):
+        return self.decoder(self.norm(self.act(self.dense(x))))

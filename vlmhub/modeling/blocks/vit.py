@@ -66,9 +66,14 @@ class VisionEmbeddings(nn.Module):
 
 
 class EncoderLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer layer: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-norm transformer layer: x + attn(ln1(x)), then x + mlp(ln2(x)).
 
-    def __init__(self, config, is_causal: bool = False, layer_idx: int | None = None):
+    `gated=True` scales both branches by tanh of a learned scalar (gate_attn, gate_ffn; zero = identity layer), as
+    Mllama's global vision encoder does. `attention_out_bias=False` drops the o_proj bias (Mllama's vision attention).
+    """
+
+    def __init__(self, config, is_causal: bool = False, layer_idx: int | None = None, *, gated: bool = False,
+                 attention_out_bias: bool = True):
         super().__init__()
         D = config.hidden_size
         self.layer_norm1 = nn.LayerNorm(D, eps=config.layer_norm_eps)
@@ -78,27 +83,37 @@ class EncoderLayer(GradientCheckpointingLayer):
             num_heads=config.num_attention_heads,
             bias=config.qkv_bias,
             k_bias=config.k_bias,
+            out_bias=attention_out_bias,
             is_causal=is_causal,
             dropout=config.attention_dropout,
             layer_idx=layer_idx,
         )
         self.layer_norm2 = nn.LayerNorm(D, eps=config.layer_norm_eps)
         self.mlp = MLP(D, config.intermediate_size, config.hidden_act)
+        self.gated = gated
+        if gated:
+            self.gate_attn = nn.Parameter(torch.zeros(1))
+            self.gate_ffn = nn.Parameter(torch.zeros(1))
 
     def forward(self, x, attention_mask=None, output_attentions=False):
         h, weights = self.self_attn(self.layer_norm1(x), attention_mask=attention_mask, output_attentions=output_attentions)
-        x = x + h
-        x = x + self.mlp(self.layer_norm2(x))
+        x = x + (self.gate_attn.tanh() * h if self.gated else h)
+        h = self.mlp(self.layer_norm2(x))
+        x = x + (self.gate_ffn.tanh() * h if self.gated else h)
         return x, weights
 
 
 class Encoder(nn.Module):
     """A stack of EncoderLayers that can return every hidden state and attention map."""
 
-    def __init__(self, config, is_causal: bool = False):
+    def __init__(self, config, is_causal: bool = False, *, num_layers: int | None = None, gated: bool = False,
+                 attention_out_bias: bool = True):
+        """`num_layers` overrides config.num_hidden_layers (Mllama's global encoder); see EncoderLayer for the rest."""
         super().__init__()
+        count = config.num_hidden_layers if num_layers is None else num_layers
         self.layers = nn.ModuleList(
-            EncoderLayer(config, is_causal=is_causal, layer_idx=i) for i in range(config.num_hidden_layers)
+            EncoderLayer(config, is_causal=is_causal, layer_idx=i, gated=gated, attention_out_bias=attention_out_bias)
+            for i in range(count)
         )
         self.gradient_checkpointing = False
 

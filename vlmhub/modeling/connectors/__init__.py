@@ -5,3 +5,10 @@ Interface: `forward(features (B, N, Dv), mask=None) -> (B, M, Dt)`; gated connec
 
 from .projector import Projector, parse_projector_type, pool_patch_grid
 from .qformer import QFormer, QFormerLayer, stage1_attention_mask
+from .abstractor import Abstractor, AbstractorLayer, SwiGLUFeedForward
+from .gated_cross_attention import (
+    DecoderLayerWithCrossAttention,
+    GatedCrossAttentionLayer,
+    GatedMLP,
+    insert_cross_attention,
+)

@@ -1,0 +1,173 @@
+"""Gated cross-attention: text tokens of a language model attend to media tokens (Mllama, Flamingo).
+
+`GatedCrossAttentionLayer` is the block; `DecoderLayerWithCrossAttention` places one in front of a decoder layer of
+any transformers causal LM. The placement is decided once, when the model is built (`insert_cross_attention`), from
+a list of indices in the config; nothing is patched at run time and no layer keeps state between calls: the media
+and their mask arrive as forward arguments, and the media keys/values, when cached, live in the generation cache
+passed to every call (`past_key_values`), at the slot `layer_idx` of the block.
+"""
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..blocks.attention import Attention, RMSNorm
+from ..blocks.mlp import MLP
+
+NORMS = ("rms", "layer")
+MLPS = ("gated", "plain")
+
+
+class GatedMLP(nn.Module):
+    """down_proj(act(gate_proj(x)) * up_proj(x)): Llama's SwiGLU feed-forward, bias-free."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu"):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act = ACT2FN[hidden_act]
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GatedCrossAttentionLayer(GradientCheckpointingLayer):
+    """Text attends to media, both branches behind tanh gates that start at zero (then the layer is the identity):
+
+        x = x + tanh(attn_gate) * [row] * cross_attn(input_layernorm(x), media)
+        x = x + tanh(mlp_gate)  * [row] * mlp(post_attention_layernorm(x))
+
+    `row` is 1 for text tokens that may see at least one media token and 0 for the others (tokens before the first
+    image); `mask_rows_in_attention` / `mask_rows_in_mlp` say where it applies (Meta's Mllama: both; transformers'
+    Mllama up to 5.23: the MLP only; Flamingo: the attention only). Fully masked rows attend to every media token
+    inside the softmax (then get zeroed as configured), so they never produce NaN.
+
+    Shapes: hidden_states (B, T, D); media_states (B, S, media_dim); media_mask boolean (B, T, S), True = may attend,
+    None = everything visible.
+    """
+
+    def __init__(self, config, *, hidden_size: int, num_heads: int, num_kv_heads: int | None = None,
+                 media_dim: int | None = None, intermediate_size: int, hidden_act: str = "silu", norm: str = "rms",
+                 norm_eps: float = 1e-5, mlp: str = "gated", qk_norm: bool = True, mask_rows_in_attention: bool = True,
+                 mask_rows_in_mlp: bool = True, layer_idx: int | None = None):
+        super().__init__()
+        if norm not in NORMS or mlp not in MLPS:
+            raise ValueError(f"norm must be one of {NORMS} and mlp one of {MLPS}, got {norm!r} and {mlp!r}")
+        make_norm = (lambda: RMSNorm(hidden_size, eps=norm_eps)) if norm == "rms" else (
+            lambda: nn.LayerNorm(hidden_size, eps=norm_eps))
+        self.layer_idx = layer_idx  # the generation-cache slot holding this layer's media keys/values
+        self.mask_rows_in_attention = mask_rows_in_attention
+        self.mask_rows_in_mlp = mask_rows_in_mlp
+        self.input_layernorm = make_norm()
+        self.cross_attn = Attention(config, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                                    kv_dim=media_dim, bias=False, out_bias=False, layer_idx=layer_idx,
+                                    qk_norm_eps=norm_eps if qk_norm else None)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.post_attention_layernorm = make_norm()
+        if mlp == "gated":
+            self.mlp = GatedMLP(hidden_size, intermediate_size, hidden_act)
+        else:
+            self.mlp = MLP(hidden_size, intermediate_size, hidden_act, bias=False)
+        self.mlp_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden_states, media_states=None, media_mask=None, past_key_values: Cache | None = None,
+                output_attentions: bool = False):
+        """-> hidden_states (B, T, D). Without media_states the keys/values cached at prefill are used; with neither
+        (a text-only call) the layer is skipped and hidden_states come back unchanged."""
+        key_value = self.media_key_value(media_states, past_key_values)
+        if key_value is None:
+            return hidden_states
+        attend, row = _visibility(media_mask, hidden_states, key_value[0].shape[-2])
+        h, _ = self.cross_attn(self.input_layernorm(hidden_states), attention_mask=attend, key_value=key_value,
+                               output_attentions=output_attentions)
+        if self.mask_rows_in_attention and row is not None:
+            h = h * row
+        hidden_states = hidden_states + self.attn_gate.tanh() * h
+        h = self.mlp(self.post_attention_layernorm(hidden_states))
+        if self.mask_rows_in_mlp and row is not None:
+            h = h * row
+        return hidden_states + self.mlp_gate.tanh() * h
+
+    def media_key_value(self, media_states, past_key_values):
+        """Keys/values (B, nkv, S, hs) of the media: projected (and cached) when media_states are given, else read
+        from the cache; None when there are neither."""
+        if media_states is not None:
+            key_value = self.cross_attn.project_key_value(media_states)
+            if past_key_values is None:
+                return key_value
+            _reserve_slot(past_key_values, self.layer_idx)
+            return past_key_values.update(*key_value, self.layer_idx)
+        return cached_media(past_key_values, self.layer_idx)
+
+
+def _visibility(media_mask, hidden_states, num_media_tokens: int):
+    """Boolean attention mask (B, 1, T, S) with fully masked rows opened up, and the row mask (B, T, 1) in the
+    hidden dtype (1 = the token sees some media); (None, None) when everything is visible."""
+    if media_mask is None:
+        return None, None
+    B, T = hidden_states.shape[:2]
+    if media_mask.shape != (B, T, num_media_tokens):
+        raise ValueError(f"media_mask must have shape (batch, text tokens, media tokens) = {(B, T, num_media_tokens)}, "
+                         f"got {tuple(media_mask.shape)}")
+    media_mask = media_mask.bool()
+    sees_media = media_mask.any(-1, keepdim=True)  # (B, T, 1)
+    attend = media_mask | ~sees_media  # a row that sees nothing attends everywhere, then gets zeroed
+    return attend[:, None], sees_media.to(hidden_states.dtype)
+
+
+def cached_media(past_key_values: Cache | None, slot: int):
+    """The media keys/values stored at `slot` of a generation cache, or None."""
+    if past_key_values is None or slot >= len(past_key_values.layers):
+        return None
+    layer = past_key_values.layers[slot]
+    if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
+        return None
+    return layer.keys, layer.values
+
+
+class MediaCacheLayer(DynamicLayer):
+    """A cache layer holding media keys/values. They belong to the images, not to the text, so cropping the text
+    (assisted decoding rolling back rejected tokens) leaves them whole; batch reordering still applies."""
+
+    def crop(self, tokens_to_remove: int) -> None:
+        return None
+
+
+def _reserve_slot(past_key_values: Cache, slot: int) -> None:
+    """Caches built from the language model's config hold one layer per decoder layer; media slots come after."""
+    while len(past_key_values.layers) < slot:
+        past_key_values.layers.append(DynamicLayer())
+    if len(past_key_values.layers) == slot:
+        past_key_values.layers.append(MediaCacheLayer())
+
+
+class DecoderLayerWithCrossAttention(nn.Module):
+    """A transformers decoder layer preceded by a GatedCrossAttentionLayer.
+
+    The language model passes its extra keyword arguments to every decoder layer, so `media_states` and `media_mask`
+    given to `language_model(...)` arrive here; the plain layers ignore them. State-dict names:
+    `gated_cross_attn.*` and `decoder_layer.*` (as open_flamingo's FlamingoLayer).
+    """
+
+    def __init__(self, gated_cross_attn: GatedCrossAttentionLayer, decoder_layer: nn.Module):
+        super().__init__()
+        self.gated_cross_attn = gated_cross_attn
+        self.decoder_layer = decoder_layer
+
+    def forward(self, hidden_states, *args, media_states=None, media_mask=None, past_key_values=None, **kwargs):
+        # positional tensors, keyword cache: gradient checkpointing drops the cache rather than writing it twice
+        hidden_states = self.gated_cross_attn(hidden_states, media_states, media_mask, past_key_values=past_key_values)
+        return self.decoder_layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
+
+
+def insert_cross_attention(layers: nn.ModuleList, blocks: dict[int, GatedCrossAttentionLayer]) -> None:
+    """Wrap layers[i] for each i in `blocks` so that blocks[i] runs right before it (done once, at construction)."""
+    for index, block in blocks.items():
+        if not 0 <= index < len(layers):
+            raise ValueError(f"cannot put cross-attention before decoder layer {index}: the model has {len(layers)}")
+        if isinstance(layers[index], DecoderLayerWithCrossAttention):
+            raise ValueError(f"decoder layer {index} already has a cross-attention layer")
+        layers[index] = DecoderLayerWithCrossAttention(block, layers[index])

@@ -1,0 +1,107 @@
+"""mPLUG-Owl: shared ViT -> visual abstractor (learned queries + vit_eos) -> any transformers causal LM.
+
+Each image becomes num_query_tokens + 1 soft-prompt vectors that replace as many image tokens in the text
+(the processor expands every `<image>` to that count), so the sequence length never changes.
+"""
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationMixin
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
+
+from ..configuration.mplug_owl import VlmhubMplugOwlConfig
+from .blocks import VisionTransformer
+from .connectors import Abstractor
+from .merge import merge_image_features
+from .pretrained import VlmhubPreTrainedModel
+
+
+class VlmhubMplugOwlPreTrainedModel(VlmhubPreTrainedModel):
+    config_class = VlmhubMplugOwlConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    _no_split_modules = ["EncoderLayer", "VisionEmbeddings", "AbstractorLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Abstractor):
+            std = self.config.abstractor_config.initializer_range
+            init.trunc_normal_(module.query_tokens, std=std)
+            init.trunc_normal_(module.vit_eos, std=std)
+
+
+class VlmhubMplugOwlForConditionalGeneration(VlmhubMplugOwlPreTrainedModel, GenerationMixin):
+    def __init__(self, config: VlmhubMplugOwlConfig):
+        super().__init__(config)
+        self.vision_model = VisionTransformer(config.vision_config)
+        self.abstractor = Abstractor(config.abstractor_config, config.text_config.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """pixel_values (images, 3, H, W) -> last_hidden_state (images, Q + 1, text width), the abstractor's tokens;
+        pooler_output (images, abstractor width): the first query before visual_fc (the original's pooler)."""
+        if pixel_values.ndim == 5:  # (images, 1, 3, H, W) from a batched processor
+            pixel_values = pixel_values.flatten(0, 1)
+        patches = self.vision_model(pixel_values).last_hidden_state  # (images, 1 + N, Dv), post-LayerNorm
+        queries = self.abstractor.encode(patches).last_hidden_state  # (images, Q, D)
+        tokens = self.abstractor.visual_fc(queries)  # (images, Q, Dt)
+        eos = self.abstractor.vit_eos.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        return BaseModelOutputWithPooling(last_hidden_state=torch.cat([tokens, eos], dim=1), pooler_output=queries[:, 0])
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        """labels at image tokens are ignored (-100) in the loss, as the original's non_media_mask does."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
+            image_features = self.get_image_features(pixel_values).last_hidden_state
+            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
+        if labels is not None and input_ids is not None:
+            labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return LlavaCausalLMOutputWithPast(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            image_hidden_states=image_features,
+        )

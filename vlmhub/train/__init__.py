@@ -1,0 +1,1 @@
+"""Training: data, collation, objectives, stages."""
