@@ -46,6 +46,7 @@ from .processing.mplug_owl import VlmhubMplugOwlImageProcessor, VlmhubMplugOwlPr
 from .processing.tokenization import build_clip_tokenizer
 from .processing.vit import VlmhubViTImageProcessor
 from . import hub
+from .defaults import load_default
 from .conversion import convert
 from .hub import export_remote_code
 from .tasks import zero_shot_classify
@@ -155,5 +156,6 @@ __all__ = [
     "convert",
     "export_remote_code",
     "hub",
+    "load_default",
     "zero_shot_classify",
 ]

@@ -1,6 +1,6 @@
 """A word-level tokenizer for the scenes vocabulary and LLaVA's chat template, built with `tokenizers`."""
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from . import scenes
@@ -17,14 +17,17 @@ def vocabulary() -> list[str]:
     return SPECIAL + sorted(words) + list(".,:;?!'")
 
 
-def build_tokenizer(extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
-    """Lower-cased words and punctuation, one id each; `<image>` is a special token."""
+def build_tokenizer(extra_words: list[str] = (), wrap: bool = False) -> PreTrainedTokenizerFast:
+    """Lower-cased words and punctuation, one id each; `<image>` is a special token. `wrap` adds <s> ... </s> around
+    every text (for CLIP's text tower, which pools at the end token)."""
     vocab = {w: i for i, w in enumerate(dict.fromkeys(vocabulary() + list(extra_words)))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Split(Regex(r"[.,:;?!]"), behavior="isolated")])
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    if wrap:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
     return fast
