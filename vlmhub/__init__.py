@@ -24,6 +24,7 @@ from .configuration.blip import VlmhubBlipConfig
 from .configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
 from .configuration.llava import VlmhubLlavaConfig
 from .configuration.minigpt4 import VlmhubMiniGPT4Config
+from .configuration.mllama import VlmhubMllamaConfig, VlmhubMllamaVisionConfig
 from .configuration.mplug_owl import VlmhubMplugOwlConfig
 from .modeling import (
     VlmhubCLIPModel,
@@ -36,12 +37,14 @@ from .modeling.blip import VlmhubBlipForConditionalGeneration, VlmhubBlipForImag
 from .modeling.blip2 import VlmhubBlip2ForConditionalGeneration, VlmhubBlip2ForImageTextRetrieval
 from .modeling.llava import VlmhubLlavaForConditionalGeneration
 from .modeling.minigpt4 import VlmhubMiniGPT4ForConditionalGeneration
+from .modeling.mllama import VlmhubMllamaForConditionalGeneration, VlmhubMllamaVisionModel
 from .modeling.mplug_owl import VlmhubMplugOwlForConditionalGeneration
 from .processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
 from .processing.blip import VlmhubBlipImageProcessor, VlmhubBlipProcessor
 from .processing.blip2 import VlmhubBlip2ImageProcessor, VlmhubBlip2Processor
 from .processing.llava import VlmhubLlavaImageProcessor, VlmhubLlavaProcessor
 from .processing.minigpt4 import VlmhubMiniGPT4ImageProcessor, VlmhubMiniGPT4Processor
+from .processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor
 from .processing.mplug_owl import VlmhubMplugOwlImageProcessor, VlmhubMplugOwlProcessor
 from .processing.tokenization import build_clip_tokenizer
 from .processing.vit import VlmhubViTImageProcessor
@@ -63,6 +66,9 @@ FAMILIES = [
     (VlmhubCLIPTextConfig, VlmhubCLIPTextModel, {}, None, None),
     (VlmhubLlavaConfig, VlmhubLlavaForConditionalGeneration,
      {AutoModelForImageTextToText: VlmhubLlavaForConditionalGeneration}, VlmhubLlavaImageProcessor, VlmhubLlavaProcessor),
+    (VlmhubMllamaConfig, VlmhubMllamaForConditionalGeneration,
+     {AutoModelForImageTextToText: VlmhubMllamaForConditionalGeneration}, VlmhubMllamaImageProcessor, VlmhubMllamaProcessor),
+    (VlmhubMllamaVisionConfig, VlmhubMllamaVisionModel, {}, VlmhubMllamaImageProcessor, None),
     (VlmhubMplugOwlConfig, VlmhubMplugOwlForConditionalGeneration,
      {AutoModelForImageTextToText: VlmhubMplugOwlForConditionalGeneration}, VlmhubMplugOwlImageProcessor, VlmhubMplugOwlProcessor),
     (VlmhubBlip2Config, VlmhubBlip2ForConditionalGeneration,
@@ -98,6 +104,8 @@ CLIPModel, CLIPTextModel, CLIPVisionModel = VlmhubCLIPModel, VlmhubCLIPTextModel
 ViTImageProcessor, CLIPImageProcessor, CLIPProcessor = VlmhubViTImageProcessor, VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
 LlavaConfig, LlavaForConditionalGeneration = VlmhubLlavaConfig, VlmhubLlavaForConditionalGeneration
 LlavaImageProcessor, LlavaProcessor = VlmhubLlavaImageProcessor, VlmhubLlavaProcessor
+MllamaConfig, MllamaForConditionalGeneration = VlmhubMllamaConfig, VlmhubMllamaForConditionalGeneration
+MllamaImageProcessor, MllamaProcessor = VlmhubMllamaImageProcessor, VlmhubMllamaProcessor
 
 __all__ = [
     "CLIPConfig",
@@ -136,6 +144,16 @@ __all__ = [
     "VlmhubMiniGPT4ForConditionalGeneration",
     "VlmhubMiniGPT4ImageProcessor",
     "VlmhubMiniGPT4Processor",
+    "MllamaConfig",
+    "MllamaForConditionalGeneration",
+    "MllamaImageProcessor",
+    "MllamaProcessor",
+    "VlmhubMllamaConfig",
+    "VlmhubMllamaForConditionalGeneration",
+    "VlmhubMllamaImageProcessor",
+    "VlmhubMllamaProcessor",
+    "VlmhubMllamaVisionConfig",
+    "VlmhubMllamaVisionModel",
     "VlmhubMplugOwlConfig",
     "VlmhubMplugOwlForConditionalGeneration",
     "VlmhubMplugOwlImageProcessor",

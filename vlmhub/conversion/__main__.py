@@ -12,7 +12,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input", required=True, help="checkpoint file or saved model folder")
     parser.add_argument("--output", required=True, help="folder to write (loads with the Auto classes after `import vlmhub`)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--num-attention-heads", type=int, help="timm-vit .pth only: the head count it does not store")
+    parser.add_argument("--num-attention-heads", type=int, help="the head count the checkpoint does not store: timm-vit .pth; llama-vision's vision tower (default 16)")
     parser.add_argument("--vision-tower", help="llava only: the CLIP tower folder its mm_vision_tower names")
     parser.add_argument("--check", action="store_true",
                         help="run the original (transformers source) on a tiny random input; the card shows the max abs diff")

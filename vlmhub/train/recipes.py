@@ -86,7 +86,18 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"\s*([.,?!:])\s*", r"\1", text.lower())).strip(" .")
 
 
-def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: int, test_images: int, seed: int) -> dict:
+def copy_vision_tower(llava_folder: Path, clip_folder: Path) -> None:
+    """Start the LLaVA from a CLIP image tower, as LLaVA does: the same shared ViT, so the weights map 1:1."""
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    llava = AutoModelForImageTextToText.from_pretrained(llava_folder)
+    clip = AutoModel.from_pretrained(clip_folder)
+    llava.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    llava.save_pretrained(llava_folder)
+
+
+def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: int, test_images: int, seed: int,
+              vision_from: Path | None = None) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .cli import main as finetune
@@ -98,6 +109,8 @@ def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: i
     (work / "data" / "qa.json").write_text(json.dumps(questions_only))
     scenes.generate(work / "heldout", train=0, test=test_images, size=IMAGE_SIZE, seed=seed + 777)  # a fresh seed
     initial = llava_initial(work / "initial", seed)
+    if vision_from:
+        copy_vision_tower(initial, vision_from)
     untrained = evaluate(AutoModelForImageTextToText.from_pretrained(initial), AutoProcessor.from_pretrained(initial), work / "heldout", 200)
     start = time.perf_counter()
     finetune(["train", "--model", str(initial), "--data", str(work / "data" / "qa.json"), "--image-folder",
@@ -105,7 +118,7 @@ def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: i
               "--batch-size", str(batch_size), "--lr", str(lr), "--warmup", str(steps // 20), "--seed", str(seed)])
     minutes = (time.perf_counter() - start) / 60
     trained = evaluate(AutoModelForImageTextToText.from_pretrained(out), AutoProcessor.from_pretrained(out), work / "heldout")
-    report = {"recipe": "llava", "steps": steps, "batch_size": batch_size, "lr": lr, "train_images": train_images,
+    report = {"recipe": "llava", "vision_from": str(vision_from) if vision_from else None, "steps": steps, "batch_size": batch_size, "lr": lr, "train_images": train_images,
               "seed": seed, "heldout_seed": seed + 777, "train_minutes": round(minutes, 2), "trained": trained, "untrained": untrained}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1))
     return report
@@ -121,11 +134,12 @@ def main(argv=None):
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vision-from", type=Path, help="llava: start the image tower from this CLIP (the clip recipe's output)")
     a = p.parse_args(argv)
     if a.recipe == "clip":
         report = run_clip(Path(a.out), a.steps, a.batch_size, a.lr, a.seed)
     else:
-        report = run_llava(Path(a.out), a.steps, a.batch_size, a.lr, a.train_images, a.test_images, a.seed)
+        report = run_llava(Path(a.out), a.steps, a.batch_size, a.lr, a.train_images, a.test_images, a.seed, a.vision_from)
     print(json.dumps(report, indent=1))
 
 

@@ -1,6 +1,6 @@
 """One module per released checkpoint format; each exposes convert(input_path, **options) -> (model, processor)."""
 
-from . import lavis_blip2, llava, minigpt4, mplug_owl, openai_clip, timm_vit, transformers
+from . import lavis_blip2, llama_vision, llava, minigpt4, mplug_owl, openai_clip, timm_vit, transformers
 
 SOURCES = {
     "transformers": transformers,
@@ -10,4 +10,5 @@ SOURCES = {
     "mplug-owl": mplug_owl,
     "lavis-blip2": lavis_blip2,
     "minigpt4": minigpt4,
+    "llama-vision": llama_vision,
 }
