@@ -8,6 +8,9 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Tiny models run fastest on one thread, and several threads per process oversubscribe a 2-core machine.
+torch.set_num_threads(1)
+
 # The oracle bundles' pixels were made with Pillow 13, and our preprocessing reproduces them exactly there. gradio (the
 # demo) pins Pillow < 13, whose bicubic resampling lands a grey level or a few away on some images (up to 0.11 after
 # CLIP normalisation on the bundles). Preprocessing tests are exact under Pillow 13 and bounded by this otherwise.

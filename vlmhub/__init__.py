@@ -22,6 +22,7 @@ from transformers import (
 from .configuration import VisionTowerConfig, VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig, VlmhubViTConfig
 from .configuration.blip import VlmhubBlipConfig
 from .configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
+from .configuration.flamingo import VlmhubFlamingoConfig
 from .configuration.llava import VlmhubLlavaConfig
 from .configuration.minigpt4 import VlmhubMiniGPT4Config
 from .configuration.mllama import VlmhubMllamaConfig, VlmhubMllamaVisionConfig
@@ -35,6 +36,7 @@ from .modeling import (
 )
 from .modeling.blip import VlmhubBlipForConditionalGeneration, VlmhubBlipForImageTextRetrieval
 from .modeling.blip2 import VlmhubBlip2ForConditionalGeneration, VlmhubBlip2ForImageTextRetrieval
+from .modeling.flamingo import VlmhubFlamingoForConditionalGeneration
 from .modeling.llava import VlmhubLlavaForConditionalGeneration
 from .modeling.minigpt4 import VlmhubMiniGPT4ForConditionalGeneration
 from .modeling.mllama import VlmhubMllamaForConditionalGeneration, VlmhubMllamaVisionModel
@@ -42,6 +44,7 @@ from .modeling.mplug_owl import VlmhubMplugOwlForConditionalGeneration
 from .processing.clip import VlmhubCLIPImageProcessor, VlmhubCLIPProcessor
 from .processing.blip import VlmhubBlipImageProcessor, VlmhubBlipProcessor
 from .processing.blip2 import VlmhubBlip2ImageProcessor, VlmhubBlip2Processor
+from .processing.flamingo import VlmhubFlamingoImageProcessor, VlmhubFlamingoProcessor
 from .processing.llava import VlmhubLlavaImageProcessor, VlmhubLlavaProcessor
 from .processing.minigpt4 import VlmhubMiniGPT4ImageProcessor, VlmhubMiniGPT4Processor
 from .processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor
@@ -66,6 +69,8 @@ FAMILIES = [
     (VlmhubCLIPTextConfig, VlmhubCLIPTextModel, {}, None, None),
     (VlmhubLlavaConfig, VlmhubLlavaForConditionalGeneration,
      {AutoModelForImageTextToText: VlmhubLlavaForConditionalGeneration}, VlmhubLlavaImageProcessor, VlmhubLlavaProcessor),
+    (VlmhubFlamingoConfig, VlmhubFlamingoForConditionalGeneration,
+     {AutoModelForImageTextToText: VlmhubFlamingoForConditionalGeneration}, VlmhubFlamingoImageProcessor, VlmhubFlamingoProcessor),
     (VlmhubMllamaConfig, VlmhubMllamaForConditionalGeneration,
      {AutoModelForImageTextToText: VlmhubMllamaForConditionalGeneration}, VlmhubMllamaImageProcessor, VlmhubMllamaProcessor),
     (VlmhubMllamaVisionConfig, VlmhubMllamaVisionModel, {}, VlmhubMllamaImageProcessor, None),
@@ -125,6 +130,10 @@ __all__ = [
     "LlavaForConditionalGeneration",
     "LlavaImageProcessor",
     "LlavaProcessor",
+    "VlmhubFlamingoConfig",
+    "VlmhubFlamingoForConditionalGeneration",
+    "VlmhubFlamingoImageProcessor",
+    "VlmhubFlamingoProcessor",
     "VlmhubLlavaConfig",
     "VlmhubLlavaForConditionalGeneration",
     "VlmhubLlavaImageProcessor",

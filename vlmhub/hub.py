@@ -122,6 +122,19 @@ def _llava(hf: dict, folder: Path):
     return processor_from_transformers(folder, llava_config(hf))
 
 
+def _mllama(hf: dict, folder: Path):
+    from .conversion.sources.transformers_mllama import processor_from_folder
+
+    return processor_from_folder(folder)
+
+
+def _blip2(hf: dict, folder: Path):
+    from .conversion.sources.transformers_blip import blip2_config
+    from .processing.blip2 import processor_from_transformers
+
+    return processor_from_transformers(folder, blip2_config(hf, False))
+
+
 # transformers model_type -> make(hf config dict, folder) -> our processor or image processor (None: no preprocessing
 # files). The same functions the `transformers` conversion source uses for its processors.
 TRANSFORMERS_PROCESSORS = {
@@ -129,6 +142,8 @@ TRANSFORMERS_PROCESSORS = {
     "clip": _image_family("clip"),
     "llava": _llava,
     "llava_next": _llava,
+    "mllama": _mllama,
+    "blip-2": _blip2,
 }
 
 

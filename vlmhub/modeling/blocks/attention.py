@@ -51,6 +51,8 @@ class Attention(nn.Module):
     boolean (True = attend) or additive, broadcastable to (B, nh, T, S). Grouped-query attention via num_kv_heads.
     `qk_norm_eps` adds RMSNorms over head_dim on queries and keys (q_norm, k_norm: Mllama's cross-attention).
     `key_value` passes keys/values projected earlier by `project_key_value` (a cross-attention K/V cache).
+    `head_dim` sets the width of a head when the inner width num_heads * head_dim differs from hidden_size
+    (Flamingo: 8 heads x 64 on any hidden size); q_proj maps hidden_size -> inner, o_proj inner -> hidden_size.
     """
 
     def __init__(
@@ -68,23 +70,25 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         layer_idx: int | None = None,
         qk_norm_eps: float | None = None,
+        head_dim: int | None = None,
     ):
         super().__init__()
         self.config = config  # read at call time: set_attn_implementation() switches kernels live
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads or num_heads
         self.num_key_value_groups = self.num_heads // self.num_kv_heads  # name read by transformers' sdpa
-        self.head_dim = hidden_size // num_heads
+        self.head_dim = head_dim or hidden_size // num_heads
+        inner = self.num_heads * self.head_dim
         self.scaling = self.head_dim**-0.5
         self.is_causal = is_causal
         self.dropout = dropout
         self.layer_idx = layer_idx
         kv_dim = kv_dim or hidden_size
         kv_out = self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.q_proj = nn.Linear(hidden_size, inner, bias=bias)
         self.k_proj = nn.Linear(kv_dim, kv_out, bias=bias if k_bias is None else k_bias)
         self.v_proj = nn.Linear(kv_dim, kv_out, bias=bias)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=out_bias)
+        self.o_proj = nn.Linear(inner, hidden_size, bias=out_bias)
         if qk_norm_eps is not None:
             self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=qk_norm_eps)

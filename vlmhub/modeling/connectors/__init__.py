@@ -12,3 +12,4 @@ from .gated_cross_attention import (
     GatedMLP,
     insert_cross_attention,
 )
+from .perceiver import PerceiverLayer, PerceiverResampler

@@ -45,6 +45,9 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
     Mllama up to 5.23: the MLP only; Flamingo: the attention only). Fully masked rows attend to every media token
     inside the softmax (then get zeroed as configured), so they never produce NaN.
 
+    `head_dim` (None = hidden_size // num_heads) gives the attention an inner width num_heads * head_dim of its own
+    (Flamingo: 8 x 64 whatever the LM's width).
+
     Shapes: hidden_states (B, T, D); media_states (B, S, media_dim); media_mask boolean (B, T, S), True = may attend,
     None = everything visible.
     """
@@ -52,7 +55,7 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
     def __init__(self, config, *, hidden_size: int, num_heads: int, num_kv_heads: int | None = None,
                  media_dim: int | None = None, intermediate_size: int, hidden_act: str = "silu", norm: str = "rms",
                  norm_eps: float = 1e-5, mlp: str = "gated", qk_norm: bool = True, mask_rows_in_attention: bool = True,
-                 mask_rows_in_mlp: bool = True, layer_idx: int | None = None):
+                 mask_rows_in_mlp: bool = True, layer_idx: int | None = None, head_dim: int | None = None):
         super().__init__()
         if norm not in NORMS or mlp not in MLPS:
             raise ValueError(f"norm must be one of {NORMS} and mlp one of {MLPS}, got {norm!r} and {mlp!r}")
@@ -64,7 +67,7 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
         self.input_layernorm = make_norm()
         self.cross_attn = Attention(config, hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
                                     kv_dim=media_dim, bias=False, out_bias=False, layer_idx=layer_idx,
-                                    qk_norm_eps=norm_eps if qk_norm else None)
+                                    qk_norm_eps=norm_eps if qk_norm else None, head_dim=head_dim)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.post_attention_layernorm = make_norm()
         if mlp == "gated":
