@@ -20,7 +20,7 @@ from ..configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
 from .blocks import VisionTransformer
 from .blocks.bert import BertLMHead
 from .connectors.qformer import QFormer, stage1_attention_mask
-from .merge import merge_image_features
+from .language_model import LanguageModelMixin
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -75,24 +75,12 @@ class Blip2VisionEncoder(nn.Module):
         return self.ln_vision(self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state)
 
 
-class ImageSoftPromptModel(VlmhubBlip2PreTrainedModel, GenerationMixin):
+class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, GenerationMixin):
     """A causal LM whose image tokens are replaced by `get_image_features(pixel_values)` (B, image tokens, text width).
 
     Subclasses build `language_model` and define get_image_features and num_image_tokens (BLIP-2, MiniGPT-4)."""
 
     main_input_name = "input_ids"
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value):
-        self.language_model.set_output_embeddings(value)
 
     @property
     def num_image_tokens(self) -> int:
@@ -105,20 +93,12 @@ class ImageSoftPromptModel(VlmhubBlip2PreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, interpolate_pos_encoding=False, logits_to_keep=0,
                 **kwargs) -> Blip2CausalLMOutput:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
         if self.config.image_token_id is None and pixel_values is not None:
             raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = None
-        if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
-            image_features = self.get_image_features(pixel_values, interpolate_pos_encoding)
-            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs)
+        image_features = self.get_image_features(pixel_values, interpolate_pos_encoding) if pixel_values is not None else None
+        out = self.run_language_model(input_ids, inputs_embeds, image_features, attention_mask=attention_mask,
+                                      position_ids=position_ids, past_key_values=past_key_values, labels=labels,
+                                      logits_to_keep=logits_to_keep, **kwargs)
         return Blip2CausalLMOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
                                    hidden_states=out.hidden_states, attentions=out.attentions,
                                    image_hidden_states=image_features)

@@ -14,7 +14,7 @@ from ..configuration.llava import VlmhubLlavaConfig
 from ..geometry.anyres import grid_shape, unpadded_shape
 from .blocks import VisionTransformer
 from .connectors import Projector, pool_patch_grid
-from .merge import merge_image_features
+from .language_model import LanguageModelMixin
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -30,7 +30,7 @@ class VlmhubLlavaPreTrainedModel(VlmhubPreTrainedModel):
             nn.init.normal_(module.image_newline, std=module.image_newline.shape[0] ** -0.5)
 
 
-class VlmhubLlavaForConditionalGeneration(VlmhubLlavaPreTrainedModel, GenerationMixin):
+class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrainedModel, GenerationMixin):
     # What training stage 1 trains (and stage 2 trains in full beside LoRA).
     connector_modules = ("multi_modal_projector",)
 
@@ -49,15 +49,6 @@ class VlmhubLlavaForConditionalGeneration(VlmhubLlavaPreTrainedModel, Generation
         self.image_newline = nn.Parameter(torch.zeros(text_width)) if unpad else None
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
 
     def crop_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected features of each crop: (crops, 3, H, W) -> (crops, tokens_per_crop, text width)."""
@@ -122,24 +113,12 @@ class VlmhubLlavaForConditionalGeneration(VlmhubLlavaPreTrainedModel, Generation
         image_sizes: torch.Tensor | None = None,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
         image_features = None
         if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
             image_features = torch.cat(self.get_image_features(pixel_values, image_sizes).pooler_output)
-            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
+        out = self.run_language_model(
+            input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
         )
         return LlavaCausalLMOutputWithPast(
             loss=out.loss,

@@ -14,7 +14,7 @@ from transformers.utils.generic import can_return_tuple
 from ..configuration.mplug_owl import VlmhubMplugOwlConfig
 from .blocks import VisionTransformer
 from .connectors import Abstractor
-from .merge import merge_image_features
+from .language_model import LanguageModelMixin
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -33,22 +33,13 @@ class VlmhubMplugOwlPreTrainedModel(VlmhubPreTrainedModel):
             init.trunc_normal_(module.vit_eos, std=std)
 
 
-class VlmhubMplugOwlForConditionalGeneration(VlmhubMplugOwlPreTrainedModel, GenerationMixin):
+class VlmhubMplugOwlForConditionalGeneration(LanguageModelMixin, VlmhubMplugOwlPreTrainedModel, GenerationMixin):
     def __init__(self, config: VlmhubMplugOwlConfig):
         super().__init__(config)
         self.vision_model = VisionTransformer(config.vision_config)
         self.abstractor = Abstractor(config.abstractor_config, config.text_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
 
     @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
@@ -76,26 +67,12 @@ class VlmhubMplugOwlForConditionalGeneration(VlmhubMplugOwlPreTrainedModel, Gene
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
         """labels at image tokens are ignored (-100) in the loss, as the original's non_media_mask does."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = None
-        if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
-            image_features = self.get_image_features(pixel_values).last_hidden_state
-            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
+        image_features = self.get_image_features(pixel_values).last_hidden_state if pixel_values is not None else None
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
+        out = self.run_language_model(
+            input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
         )
         return LlavaCausalLMOutputWithPast(
             loss=out.loss,

@@ -1,0 +1,33 @@
+"""What every family built around a transformers causal LM (`self.language_model`) shares: the embedding accessors
+transformers expects, and the soft-prompt core (embed, put image features at the image tokens, run the LM)."""
+
+from .merge import merge_image_features
+
+
+class LanguageModelMixin:
+    """For models holding `self.language_model` (a transformers causal LM) and `config.image_token_id`."""
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.language_model.set_output_embeddings(value)
+
+    def run_language_model(self, input_ids, inputs_embeds, image_features, **lm_kwargs):
+        """Embed `input_ids` (or take `inputs_embeds`), replace the image tokens by `image_features` (rows in order;
+        None for text only) and run the language model with `lm_kwargs` (masks, cache, labels, ...)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if image_features is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
+            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
+        return self.language_model(inputs_embeds=inputs_embeds, **lm_kwargs)
