@@ -28,8 +28,10 @@ demo: install
 	$(PY) -m pip install -q -e ".[demo]"
 	$(PY) spaces/app.py --host 127.0.0.1 --port 7860
 
+# Every family's benchmarks in one process -> BENCHMARKS.md and benchmarks/results/ratios.png.
+# `make bench SIZES=tiny,mid THREADS=2` for the mid-size configs (minutes to tens of minutes on a laptop CPU).
 bench: install
-	$(PY) benchmarks/vit_clip.py
+	$(PY) benchmarks/run.py --sizes $(or $(SIZES),tiny) --threads $(or $(THREADS),0)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

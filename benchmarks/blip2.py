@@ -13,11 +13,12 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, table  # noqa: E402
+from common import interleaved, memory_row, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.conversion.sources import transformers as transformers_source  # noqa: E402
 
+MID = "small"  # the size `run.py --sizes mid` picks
 SIZES = {
     # vision (hidden, layers, heads, image, patch), Q-Former (hidden, layers, heads, queries), OPT (hidden, layers, heads)
     "tiny": dict(vision=(64, 2, 4, 32, 8), qformer=(64, 2, 4, 8), text=(64, 2, 4)),
@@ -53,16 +54,27 @@ def bench(size: str, batch: int, new_tokens: int, device: str) -> list[dict]:
     pixels = torch.randn(batch, 3, image, image, device=device)
     ids = torch.cat([torch.full((batch, queries), 999), torch.randint(3, 900, (batch, 16))], 1).to(device)
     repeats = 10 if size == "tiny" else 4
-    rows = []
+    out = [dict(name=f"BLIP-2 vision tower (batch {batch})", size=size, kind="vision", **interleaved(
+        {"theirs": lambda: hf.vision_model(pixels), "ours": lambda: ours.vision.vision_model(pixels)}, repeats=repeats))]
     t = interleaved({"theirs": lambda: hf(pixel_values=pixels, input_ids=ids),
                      "ours": lambda: ours(pixel_values=pixels, input_ids=ids)}, repeats=repeats)
-    rows.append(dict(name=f"BLIP-2 forward (batch {batch}, {ids.shape[1]} tokens)", size=size, **t))
+    out.append(dict(name=f"BLIP-2 forward (batch {batch}, {ids.shape[1]} tokens)", size=size, kind="prefill", **t))
+    out.append(memory_row(f"BLIP-2 forward peak RSS (batch {batch})", size,
+                          {"theirs": lambda: hf(pixel_values=pixels, input_ids=ids),
+                           "ours": lambda: ours(pixel_values=pixels, input_ids=ids)}))
     gen = dict(pixel_values=pixels, input_ids=ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     with torch.no_grad():
         same = torch.equal(hf.generate(**gen)[:, -new_tokens:], ours.generate(**gen)[:, -new_tokens:])
     t = interleaved({"theirs": lambda: hf.generate(**gen), "ours": lambda: ours.generate(**gen)}, repeats=repeats, warmup=1)
-    rows.append(dict(name=f"BLIP-2 greedy {new_tokens} tokens (batch {batch}; identical: {same})", size=size, **t))
-    return rows
+    out.append(dict(name=f"BLIP-2 greedy {new_tokens} tokens (batch {batch}; identical: {same})", size=size,
+                    kind="generation", **t))
+    return out
+
+
+def rows(sizes="tiny", batch: int = 2, new_tokens: int = 16, device: str = "cpu") -> list[dict]:
+    """BLIP-2 rows for the given sizes ("tiny", "small", or "mid" = small)."""
+    torch.manual_seed(0)
+    return [row for size in resolve_sizes(sizes, MID) for row in bench(size, batch, new_tokens, device)]
 
 
 def main():
@@ -76,10 +88,9 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    rows = [row for size in args.sizes.split(",") for row in bench(size, args.batch, args.new_tokens, args.device)]
     report = f"torch {torch.__version__}, transformers {transformers.__version__}, {args.device}, " \
-             f"{torch.get_num_threads()} threads, fp32, median of interleaved runs\n\n" + table(rows)
+             f"{torch.get_num_threads()} threads, fp32, median of interleaved runs\n\n" + \
+             table(rows(args.sizes, args.batch, args.new_tokens, args.device))
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report + "\n")

@@ -15,7 +15,7 @@ import transformers
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved, pair, table  # noqa: E402
+from common import generation_rate, interleaved, memory_row, pair, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.geometry.anyres import anyres_num_tokens  # noqa: E402
@@ -28,6 +28,7 @@ SIZES = {
                   text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16, vocab_size=32000)),
 }
 IMAGE = 999  # below the vocab of either size
+MID = "small"  # the size `run.py --sizes mid` picks
 
 
 def models(size: str, next_: bool):
@@ -61,16 +62,21 @@ def bench(size: str, next_: bool, new_tokens: int) -> list[dict]:
     x = inputs(size, pinpoints)
     name = "LLaVA-NeXT" if next_ else "LLaVA-1.5"
     repeats = 10 if size == "tiny" else 3
-    rows = [dict(name=f"{name} prefill ({x['input_ids'].shape[1]} tokens)", size=size,
-                 **interleaved({"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}, repeats=repeats))]
+    crops = x["pixel_values"].flatten(0, -4)  # (crops, 3, H, W)
+    out = [dict(name=f"{name} vision tower ({crops.shape[0]} crops)", size=size, kind="vision",
+                 **interleaved({"theirs": lambda: hf.model.vision_tower(crops), "ours": lambda: ours.vision_tower(crops)},
+                               repeats=repeats))]
+    out.append(dict(name=f"{name} prefill ({x['input_ids'].shape[1]} tokens)", size=size, kind="prefill",
+                     **interleaved({"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}, repeats=repeats)))
+    out.append(memory_row(f"{name} prefill peak RSS", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))
     with torch.inference_mode():
         t = {"theirs": [], "ours": []}
         for _ in range(repeats):
             t["theirs"].append(generation_rate(hf, x, new_tokens))
             t["ours"].append(generation_rate(ours, x, new_tokens))
-    rows.append(dict(name=f"{name} greedy generation ({new_tokens} tokens)", size=size,
+    out.append(dict(name=f"{name} greedy generation ({new_tokens} tokens)", size=size, kind="generation",
                      theirs=float(np.median(t["theirs"])), ours=float(np.median(t["ours"]))))
-    return rows
+    return out
 
 
 def bench_preprocessing(count: int = 16) -> dict:
@@ -83,7 +89,14 @@ def bench_preprocessing(count: int = 16) -> dict:
     images = [Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
               for h, w in rng.integers(200, 1200, (count, 2))]
     t = interleaved({"theirs": lambda: theirs(images, return_tensors="pt"), "ours": lambda: ours(images, return_tensors="pt")}, repeats=3, warmup=1)
-    return dict(name=f"AnyRes preprocessing ({count} images, 336 px crops)", size="real", **t)
+    return dict(name=f"AnyRes preprocessing ({count} images, 336 px crops)", size="real", kind="preprocessing", goal=0.2, **t)
+
+
+def rows(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> list[dict]:
+    """LLaVA-1.5 and LLaVA-NeXT rows for the given sizes ("tiny", "small", or "mid" = small), then AnyRes."""
+    torch.manual_seed(0)
+    out = [row for size in resolve_sizes(sizes, MID) for next_ in (False, True) for row in bench(size, next_, new_tokens)]
+    return out + ([bench_preprocessing()] if preprocessing else [])
 
 
 def main():
@@ -92,14 +105,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--out", default="benchmarks/results/llava.md")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    rows = []
-    for size in args.sizes.split(","):
-        for next_ in (False, True):
-            rows += bench(size, next_, args.new_tokens)
-    rows.append(bench_preprocessing())
     report = f"torch {torch.__version__}, transformers {transformers.__version__}, cpu, {torch.get_num_threads()} threads, " \
-             f"fp32, medians of interleaved runs\n\n" + table(rows)
+             f"fp32, medians of interleaved runs\n\n" + table(rows(args.sizes, args.new_tokens))
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report + "\n")

@@ -15,7 +15,7 @@ import transformers
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved, pair, table  # noqa: E402
+from common import generation_rate, interleaved, memory_row, pair, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.processing.mllama import VlmhubMllamaImageProcessor  # noqa: E402
@@ -33,6 +33,7 @@ SIZES = {
                   text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=10, num_attention_heads=8,
                             num_key_value_heads=4, vocab_size=32000, cross_attention_layers=[3, 8])),
 }
+MID = "small"  # the size `run.py --sizes mid` picks
 GRIDS = [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]
 
 
@@ -72,25 +73,31 @@ def bench_preprocessing() -> list[dict]:
     for image, (w, h) in zip(images, IMAGE_SIZES_WH):
         t = interleaved({"theirs": lambda: theirs(image, return_tensors="pt"),
                          "ours": lambda: ours(image, return_tensors="pt")}, repeats=20)
-        rows.append(dict(name=f"preprocess one {w}x{h} image", size="560 px, 4 tiles", **t))
+        rows.append(dict(name=f"preprocess one {w}x{h} image", size="560 px, 4 tiles", kind="preprocessing", goal=0.2, **t))
     batch = [[im] for im in images]
     t = interleaved({"theirs": lambda: theirs(batch, return_tensors="pt"),
                      "ours": lambda: ours(batch, return_tensors="pt")}, repeats=10)
-    rows.append(dict(name=f"preprocess a batch of the {len(images)} images", size="560 px, 4 tiles", **t))
+    rows.append(dict(name=f"preprocess a batch of the {len(images)} images", size="560 px, 4 tiles", kind="preprocessing",
+                     goal=0.2, **t))
     return rows
 
 
 def bench_model(size: str, new_tokens: int) -> tuple[list[dict], list[dict]]:
     hf, ours = models(size)
-    rows, decode = [], []
+    x = inputs(size, [(2, 2)])
+    tiles = {key: x[key] for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
+    rows = [dict(name="vision tower, 1 image, 4 tiles", size=size, kind="vision", **interleaved(
+        {"theirs": lambda: hf.model.vision_model(**tiles), "ours": lambda: ours.vision_model(*tiles.values())}, repeats=5))]
+    decode = []
     for label, grids in (("1 image, 4 tiles", [(2, 2)]), ("2 images, 4 + 2 tiles", [(2, 2), (1, 2)])):
         x = inputs(size, grids)
         t = interleaved({"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}, repeats=5)
-        rows.append(dict(name=f"prefill forward, 32 tokens, {label}", size=size, **t))
+        rows.append(dict(name=f"prefill forward, 32 tokens, {label}", size=size, kind="prefill", **t))
     x = inputs(size, [(2, 2)])
+    rows.append(memory_row("prefill peak RSS, 4 tiles", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))
     t = interleaved({"theirs": lambda: generation_rate(hf, x, new_tokens),
                      "ours": lambda: generation_rate(ours, x, new_tokens)}, repeats=5, warmup=1)
-    rows.append(dict(name=f"greedy generation, {new_tokens} new tokens, 4 tiles", size=size, **t))
+    rows.append(dict(name=f"greedy generation, {new_tokens} new tokens, 4 tiles", size=size, kind="generation", **t))
     for name, model in (("transformers", hf), ("vlmhub", ours)):
         t = interleaved({"one": decode_step(model, inputs(size, [(1, 1)])),
                          "four": decode_step(model, inputs(size, [(2, 2)]))}, repeats=30, warmup=3)
@@ -117,6 +124,23 @@ def decode_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def collect(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> tuple[list[dict], list[dict]]:
+    """(comparison rows, decode-step rows) for the given sizes ("tiny", "small", or "mid" = small)."""
+    rows, decode = bench_preprocessing() if preprocessing else [], []
+    for size in resolve_sizes(sizes, MID):
+        more, steps = bench_model(size, new_tokens)
+        rows, decode = rows + more, decode + steps
+    return rows, decode
+
+
+def rows(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> list[dict]:
+    """Every Mllama row; each model's cached decode step is a row of its own: 4 tiles (ours) against 1 tile (theirs)."""
+    found, decode = collect(sizes, new_tokens, preprocessing)
+    return found + [dict(name=f"{r['model']} decode step, 4 tiles vs 1 tile", size=r["size"], kind="decode",
+                         baseline="1 tile", theirs=r["one"], ours=r["four"], goal=1.05 if r["model"] == "vlmhub" else None)
+                    for r in decode]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="tiny,small")
@@ -126,12 +150,9 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, decode = bench_preprocessing(), []
-    for size in args.sizes.split(","):
-        more, steps = bench_model(size, args.new_tokens)
-        rows, decode = rows + more, decode + steps
+    found, decode = collect(args.sizes, args.new_tokens)
     report = (f"torch {torch.__version__}, transformers {transformers.__version__}, cpu, {torch.get_num_threads()} "
-              f"threads, fp32, median of interleaved runs\n\n{table(rows)}\n\n{decode_table(decode)}")
+              f"threads, fp32, median of interleaved runs\n\n{table(found)}\n\n{decode_table(decode)}")
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report + "\n")

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved  # noqa: E402
+from common import generation_rate, interleaved, resolve_sizes  # noqa: E402
 
 from vlmhub.configuration.llava import VlmhubLlavaConfig  # noqa: E402
 from vlmhub.configuration.mplug_owl import VlmhubMplugOwlConfig  # noqa: E402
@@ -32,6 +32,7 @@ SIZES = {
                   text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16, vocab_size=32000)),
 }
 IMAGE = 999  # below the vocab of either size
+MID = "small"  # the size `run.py --sizes mid` picks
 
 
 def models(size: str):
@@ -56,16 +57,16 @@ def bench(size: str, new_tokens: int) -> list[dict]:
     x_owl, x_llava = inputs(size, owl.config.num_image_tokens), inputs(size, llava.config.tokens_per_crop)
     repeats = 10 if size == "tiny" else 3
     pixels = x_owl["pixel_values"]
-    rows = [dict(name="image encoding (ViT + connector, 1 image)", size=size, **interleaved(
+    rows = [dict(name="image encoding (ViT + connector, 1 image)", size=size, kind="vision", **interleaved(
         {"owl": lambda: owl.get_image_features(pixels), "llava": lambda: llava.get_image_features(pixels)}, repeats=repeats))]
-    rows.append(dict(name=f"prefill ({x_owl['input_ids'].shape[1]} / {x_llava['input_ids'].shape[1]} tokens)", size=size,
+    rows.append(dict(name=f"prefill ({x_owl['input_ids'].shape[1]} / {x_llava['input_ids'].shape[1]} tokens)", size=size, kind="prefill",
                      **interleaved({"owl": lambda: owl(**x_owl), "llava": lambda: llava(**x_llava)}, repeats=repeats)))
     with torch.inference_mode():
         t = {"owl": [], "llava": []}
         for _ in range(repeats):
             t["owl"].append(generation_rate(owl, x_owl, new_tokens))
             t["llava"].append(generation_rate(llava, x_llava, new_tokens))
-    rows.append(dict(name=f"greedy generation ({new_tokens} tokens, KV cache)", size=size,
+    rows.append(dict(name=f"greedy generation ({new_tokens} tokens, KV cache)", size=size, kind="generation",
                      owl=float(np.median(t["owl"])), llava=float(np.median(t["llava"]))))
     return rows
 
@@ -78,17 +79,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def collect(sizes="tiny", new_tokens: int = 16) -> list[dict]:
+    """Rows with "owl" and "llava" seconds for the given sizes ("tiny", "small", or "mid" = small)."""
+    torch.manual_seed(0)
+    return [row for size in resolve_sizes(sizes, MID) for row in bench(size, new_tokens)]
+
+
+def rows(sizes="tiny", new_tokens: int = 16) -> list[dict]:
+    """The suite's form: ours = mPLUG-Owl, theirs = our LLaVA-1.5 on the same ViT and LM (no transformers class)."""
+    return [dict({k: v for k, v in r.items() if k not in ("owl", "llava")}, ours=r["owl"], theirs=r["llava"],
+                 baseline="vlmhub LLaVA-1.5", goal=None) for r in collect(sizes, new_tokens)]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--out", default="benchmarks/results/mplug_owl.md")
     args = parser.parse_args()
-    torch.manual_seed(0)
     start = time.perf_counter()
-    rows = [row for size in args.sizes.split(",") for row in bench(size, args.new_tokens)]
+    found = collect(args.sizes, args.new_tokens)
     report = (f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
-              f"cpu fp32, medians of interleaved runs ({time.perf_counter() - start:.0f} s)\n\n" + table(rows))
+              f"cpu fp32, medians of interleaved runs ({time.perf_counter() - start:.0f} s)\n\n" + table(found))
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report + "\n")

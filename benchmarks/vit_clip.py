@@ -11,7 +11,9 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, pair, table  # noqa: E402
+from common import interleaved, memory_row, pair, resolve_sizes, table  # noqa: E402
+
+MID = "base"  # the size `run.py --sizes mid` picks
 
 SIZES = {
     # (hidden, layers, heads, mlp, image, patch) for the towers; text towers use 77 tokens.
@@ -25,7 +27,8 @@ def bench_vit(size: str, batch: int, device: str):
     hf, ours = hf.to(device), ours.to(device)
     pixels = torch.randn(batch, 3, SIZES[size]["image_size"], SIZES[size]["image_size"], device=device)
     t = interleaved({"theirs": lambda: hf(pixels), "ours": lambda: ours(pixels)}, repeats=10 if size == "tiny" else 5)
-    return dict(name=f"ViT forward (batch {batch})", size=size, **t)
+    return [dict(name=f"ViT forward (batch {batch})", size=size, kind="vision", **t),
+            memory_row(f"ViT forward peak RSS (batch {batch})", size, {"theirs": lambda: hf(pixels), "ours": lambda: ours(pixels)})]
 
 
 def bench_clip(size: str, batch: int, device: str):
@@ -40,18 +43,27 @@ def bench_clip(size: str, batch: int, device: str):
     ids = torch.randint(0, 49000, (batch, 77), device=device)
     ids[:, -1] = 49407
     mask = torch.ones_like(ids)
-    rows = []
+    out = []
     t = interleaved({"theirs": lambda: hf.get_image_features(pixels), "ours": lambda: ours.get_image_features(pixels)},
                     repeats=10 if size == "tiny" else 5)
-    rows.append(dict(name=f"CLIP image features (batch {batch})", size=size, **t))
+    out.append(dict(name=f"CLIP image features (batch {batch})", size=size, kind="vision", **t))
     t = interleaved({"theirs": lambda: hf.get_text_features(ids, mask), "ours": lambda: ours.get_text_features(ids, mask)},
                     repeats=10 if size == "tiny" else 5)
-    rows.append(dict(name=f"CLIP text features (batch {batch}, 77 tokens)", size=size, **t))
+    out.append(dict(name=f"CLIP text features (batch {batch}, 77 tokens)", size=size, kind="text", **t))
     t = interleaved({"theirs": lambda: hf(input_ids=ids, attention_mask=mask, pixel_values=pixels),
                      "ours": lambda: ours(input_ids=ids, attention_mask=mask, pixel_values=pixels)},
                     repeats=10 if size == "tiny" else 5)
-    rows.append(dict(name=f"CLIP full forward (batch {batch})", size=size, **t))
-    return rows
+    out.append(dict(name=f"CLIP full forward (batch {batch})", size=size, kind="prefill", **t))
+    return out
+
+
+def rows(sizes="tiny", batch: int = 4, device: str = "cpu") -> list[dict]:
+    """Every ViT and CLIP row for the given sizes ("tiny", "base", or "mid" = base)."""
+    out = []
+    for size in resolve_sizes(sizes, MID):
+        out += bench_vit(size, batch, device)
+        out += bench_clip(size, batch, device)
+    return out
 
 
 def main():
@@ -64,12 +76,9 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for size in args.sizes.split(","):
-        rows.append(bench_vit(size, args.batch, args.device))
-        rows += bench_clip(size, args.batch, args.device)
     report = f"torch {torch.__version__}, transformers {transformers.__version__}, {args.device}, " \
-             f"{torch.get_num_threads()} threads, fp32, median of interleaved runs\n\n" + table(rows)
+             f"{torch.get_num_threads()} threads, fp32, median of interleaved runs\n\n" + \
+             table(rows(args.sizes, args.batch, args.device))
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report + "\n")
