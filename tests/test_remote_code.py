@@ -134,7 +134,8 @@ def exported(tmp_path_factory):
 def test_fresh_process_without_vlmhub_loads_every_family(exported):
     root, expected = exported
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
-        "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf_home"), "TRANSFORMERS_VERBOSITY": "error"}
+        "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf_home"), "TRANSFORMERS_VERBOSITY": "error",
+        "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same thread count: same float reduction order, bit-equal outputs
     done = subprocess.run([sys.executable, "-c", CHILD, str(root)], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
     for family, tensors in expected.items():
