@@ -215,3 +215,22 @@ def test_push_to_hub_uploads_our_card(tmp_path, monkeypatch):
     model = vlmhub.ViTModel(vlmhub.ViTConfig(**TINY_VISION))
     assert model.push_to_hub("someone/tiny-vit") == "uploaded"
     assert 'from_pretrained("someone/tiny-vit")' in seen["files"]["README.md"]
+
+
+def test_blip2_and_mllama_folders_load_through_our_classes(tmp_path):
+    """The newer families' transformers-format folders (sharded) through our classes' from_pretrained."""
+    from tests.conversion.test_blip2_conversion import hf_blip2, prompt_ids
+    from tests.conversion.test_mllama_conversion import hf_model as hf_mllama
+    from tests.conversion.test_mllama_conversion import inputs as mllama_inputs
+
+    blip2 = hf_blip2("opt")
+    ours = vlmhub.VlmhubBlip2ForConditionalGeneration.from_pretrained(sharded(blip2, tmp_path / "blip2")).eval()
+    ids, mask = prompt_ids()
+    x = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 16, 16))
+    with torch.no_grad():
+        assert max_diff(blip2(**x).logits, ours(**x).logits) <= ATOL
+    mllama = hf_mllama()
+    ours = vlmhub.MllamaForConditionalGeneration.from_pretrained(sharded(mllama, tmp_path / "mllama")).eval()
+    x = mllama_inputs([(2, 2), (1, 2)])
+    with torch.no_grad():
+        assert max_diff(mllama(**x).logits, ours(**x).logits) <= ATOL

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
@@ -197,3 +197,59 @@ def test_cli_remote_code_flag_writes_the_files(tmp_path):
     assert config["auto_map"]["AutoModel"] == "modeling_vit.VlmhubViTModel"
     assert (tmp_path / "out" / "modeling_vit.py").exists()
     assert "trust_remote_code=True" in (tmp_path / "out" / "README.md").read_text()
+
+
+MODEL_ONLY_CHILD = textwrap.dedent("""
+    import importlib.abc, sys, torch
+    from pathlib import Path
+
+    class Hide(importlib.abc.MetaPathFinder):  # vlmhub is "not installed"
+        def find_spec(self, name, path=None, target=None):
+            if name == "vlmhub" or name.startswith("vlmhub."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, Hide())
+    sys.path = [p for p in sys.path if not (Path(p) / "vlmhub").is_dir()]
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    root = Path(sys.argv[1])
+    for name in sys.argv[2:]:
+        model = transformers.AutoModelForImageTextToText.from_pretrained(root / name, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(**load_file(str(root / f"{name}.in.safetensors"))).logits
+        save_file({"logits": logits.contiguous()}, str(root / f"{name}.out.safetensors"))
+    print("ok")
+""")
+
+
+def test_cross_attention_and_qformer_families_load_without_vlmhub(tmp_path):
+    """Mllama (tiles + gated cross-attention inserted into the LM) and BLIP-2 (Q-Former): exported models load with
+    trust_remote_code in a process without vlmhub and give bit-identical logits."""
+    from tests.conversion.test_blip2_conversion import hf_blip2, prompt_ids
+    from tests.conversion.test_mllama_conversion import hf_model as hf_mllama
+    from tests.conversion.test_mllama_conversion import inputs as mllama_inputs
+
+    ids, mask = prompt_ids()
+    cases = {
+        "blip2": (vlmhub.VlmhubBlip2ForConditionalGeneration, hf_blip2("opt"),
+                  dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 16, 16))),
+        "mllama": (vlmhub.MllamaForConditionalGeneration, hf_mllama(), mllama_inputs([(2, 2), (1, 2)])),
+    }
+    expected = {}
+    for name, (cls, hf, x) in cases.items():
+        hf.save_pretrained(tmp_path / f"hf-{name}")
+        model = cls.from_pretrained(tmp_path / f"hf-{name}").eval()
+        model.save_pretrained(tmp_path / name)
+        export_remote_code(tmp_path / name)
+        save_file({k: v.contiguous() for k, v in x.items()}, str(tmp_path / f"{name}.in.safetensors"))
+        with torch.no_grad():
+            expected[name] = model(**x).logits
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "TRANSFORMERS_VERBOSITY": "error",
+        "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run([sys.executable, "-c", MODEL_ONLY_CHILD, str(tmp_path), *cases], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+    for name, logits in expected.items():
+        assert torch.equal(load_file(tmp_path / f"{name}.out.safetensors")["logits"], logits), name
