@@ -362,6 +362,7 @@ def scene_examples(folder: str | Path, count: int = 4, size: int = 48, seed: int
         shapes = scenes.sample_scene(rng)
         path = folder / f"scene_{seed}_{i}.png"
         scenes.draw(shapes, size).save(path)
-        question, expected = scenes.questions(shapes, rng)[i % 2]  # alternate colour and count questions
+        qa = scenes.questions(shapes, rng)
+        question, expected = qa[(2, 0, 1)[i % 3]]  # exists, colour and count questions in turn
         out.append((str(path), question, expected))
     return out
