@@ -234,3 +234,29 @@ def test_blip2_and_mllama_folders_load_through_our_classes(tmp_path):
     x = mllama_inputs([(2, 2), (1, 2)])
     with torch.no_grad():
         assert max_diff(mllama(**x).logits, ours(**x).logits) <= ATOL
+
+
+@pytest.mark.parametrize("arch", ["BlipForConditionalGeneration", "BlipForImageTextRetrieval"])
+def test_blip_folder_and_processor_load_through_our_classes(tmp_path, arch):
+    """transformers' BLIP (captioning and matching, sharded) with its BlipProcessor, through our classes."""
+    from tests.conftest import FIXTURES
+    from tests.conversion.test_blip_conversion import hf_config, randomized
+
+    hf = randomized(getattr(transformers, arch)(hf_config()))
+    folder = sharded(hf, tmp_path / "blip")
+    bert = transformers.BertTokenizer(str(FIXTURES / "lavis-blip2-qformer" / "bert_tokenizer" / "vocab.txt"))
+    theirs = transformers.BlipProcessor(transformers.BlipImageProcessorPil(size={"height": 16, "width": 16}), bert)
+    theirs.save_pretrained(folder)
+    captioning = arch == "BlipForConditionalGeneration"
+    cls = vlmhub.VlmhubBlipForConditionalGeneration if captioning else vlmhub.VlmhubBlipForImageTextRetrieval
+    ours, processor = cls.from_pretrained(folder).eval(), vlmhub.VlmhubBlipProcessor.from_pretrained(folder)
+    assert type(ours) is cls and type(processor) is vlmhub.VlmhubBlipProcessor
+    assert type(vlmhub.VlmhubBlipImageProcessor.from_pretrained(folder)) is vlmhub.VlmhubBlipImageProcessor
+    kwargs = dict(images=[image(20, 30), image(40, 24, 1)], text=["a red bird", "two dogs on the grass"], padding=True,
+                  return_tensors="pt")
+    a, b = theirs(**kwargs), processor(**kwargs)
+    assert a.keys() == b.keys() and torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["attention_mask"], b["attention_mask"]) and max_diff(a["pixel_values"], b["pixel_values"]) <= 1e-6
+    output = "logits" if captioning else "itm_score"
+    with torch.no_grad():
+        assert max_diff(getattr(hf(**a), output), getattr(ours(**b), output)) <= ATOL

@@ -128,6 +128,12 @@ def _mllama(hf: dict, folder: Path):
     return processor_from_folder(folder)
 
 
+def _blip(hf: dict, folder: Path):
+    from .conversion.sources.transformers_blip import blip_processor
+
+    return blip_processor(folder)
+
+
 def _blip2(hf: dict, folder: Path):
     from .conversion.sources.transformers_blip import blip2_config
     from .processing.blip2 import processor_from_transformers
@@ -143,6 +149,7 @@ TRANSFORMERS_PROCESSORS = {
     "llava": _llava,
     "llava_next": _llava,
     "mllama": _mllama,
+    "blip": _blip,
     "blip-2": _blip2,
 }
 

@@ -3,6 +3,7 @@
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..geometry.anyres import anyres_num_tokens, grid_shape
 from .clip import VlmhubCLIPVisionConfig
 
 SELECT_STRATEGIES = ("patch", "cls_patch")
@@ -42,6 +43,8 @@ class VlmhubLlavaConfig(PretrainedConfig):
     patch_merge_type: str = "flat"
     # Visual-token compression: average-pool the patch grid with this stride before the projector (2: 4x fewer).
     spatial_pool_stride: int = 1
+    # Visual-token compression: ToMe token merging removes this many tokens per crop (after any pooling), 0 = off.
+    visual_token_merge: int = 0
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -61,6 +64,18 @@ class VlmhubLlavaConfig(PretrainedConfig):
             raise ValueError(f"spatial_pool_stride {self.spatial_pool_stride} does not divide the {side}x{side} patch grid")
         if self.spatial_pool_stride > 1 and self.vision_feature_select_strategy != "patch":
             raise ValueError("spatial pooling needs the patch grid alone: use vision_feature_select_strategy='patch'")
+        self._check_token_merge()
+
+    def _check_token_merge(self) -> None:
+        r, patches = self.visual_token_merge, self.feature_side**2
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise ValueError(f"visual_token_merge must be a number of tokens >= 0, got {r!r}")
+        if r >= patches:
+            raise ValueError(f"visual_token_merge {r} would leave no tokens: a crop has {patches} patch tokens "
+                             f"(after pooling), so at most {patches - 1} can be merged")
+        if r and self.image_aspect_ratio == "anyres" and self.patch_merge_type != "flat":
+            raise ValueError(f"visual_token_merge cannot be combined with patch_merge_type={self.patch_merge_type!r}: "
+                             "merged tokens no longer form the patch grid it arranges; use patch_merge_type='flat'")
 
     @property
     def feature_side(self) -> int:
@@ -69,4 +84,15 @@ class VlmhubLlavaConfig(PretrainedConfig):
 
     @property
     def tokens_per_crop(self) -> int:
-        return self.feature_side**2 + (self.vision_feature_select_strategy == "cls_patch")
+        """Visual tokens of one crop: the (pooled) patch grid, minus the merged ones, plus the class token if kept."""
+        return self.feature_side**2 - self.visual_token_merge + (self.vision_feature_select_strategy == "cls_patch")
+
+    def tokens_per_image(self, image_size: tuple[int, int] | None = None) -> int:
+        """Visual tokens of one image of (height, width) (the size matters only under AnyRes)."""
+        if self.image_aspect_ratio != "anyres":
+            return self.tokens_per_crop
+        crop, pinpoints = self.vision_config.image_size, self.image_grid_pinpoints
+        if self.visual_token_merge:  # "flat" only: every crop gives tokens_per_crop tokens
+            rows, cols = grid_shape(tuple(image_size), pinpoints, crop)
+            return self.tokens_per_crop * (1 + rows * cols)
+        return anyres_num_tokens(tuple(image_size), pinpoints, crop, self.feature_side, self.patch_merge_type)

@@ -115,6 +115,8 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
 
 class VlmhubBlip2ForConditionalGeneration(ImageSoftPromptModel):
     config_class = VlmhubBlip2Config
+    # What training stage 1 trains (and stage 2 trains in full beside LoRA): the Q-Former and its projection.
+    connector_modules = ("qformer", "language_projection")
 
     def __init__(self, config: VlmhubBlip2Config):
         super().__init__(config)

@@ -62,6 +62,10 @@ class VlmhubFlamingoPreTrainedModel(VlmhubPreTrainedModel):
 
 
 class VlmhubFlamingoForConditionalGeneration(VlmhubFlamingoPreTrainedModel, GenerationMixin):
+    # What training stage 1 trains (and stage 2 trains in full beside LoRA): the Perceiver resampler and every gated
+    # cross-attention block inside the decoder (a name matches a top-level module or the last part of a path).
+    connector_modules = ("perceiver", "gated_cross_attn")
+
     def __init__(self, config: VlmhubFlamingoConfig):
         super().__init__(config)
         vision = config.vision_config

@@ -13,7 +13,7 @@ from transformers.utils.generic import can_return_tuple
 from ..configuration.llava import VlmhubLlavaConfig
 from ..geometry.anyres import grid_shape, unpadded_shape
 from .blocks import VisionTransformer
-from .connectors import Projector, pool_patch_grid
+from .connectors import Projector, TokenMerger, pool_patch_grid
 from .language_model import LanguageModelMixin
 from .pretrained import VlmhubPreTrainedModel
 
@@ -40,6 +40,9 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         self.feature_layers = [layers] if isinstance(layers, int) else list(layers)
         text_width = config.text_config.hidden_size
         self.vision_tower = VisionTransformer(config.vision_config)
+        # Parameter-free ToMe compression of each crop's features (identity when visual_token_merge == 0).
+        keep_cls = config.vision_feature_select_strategy == "cls_patch"
+        self.token_merger = TokenMerger(config.visual_token_merge, protect_first=keep_cls)
         self.multi_modal_projector = Projector(
             config.projector_type, config.vision_config.hidden_size * len(self.feature_layers), text_width,
             bias=config.projector_bias,
@@ -56,7 +59,7 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         if self.config.vision_feature_select_strategy == "patch":
             states = [s[:, 1:] for s in states]  # drop the class token
         features = pool_patch_grid(torch.cat(states, dim=-1), self.config.spatial_pool_stride)
-        return self.multi_modal_projector(features)
+        return self.multi_modal_projector(self.token_merger(features))
 
     @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs):

@@ -24,6 +24,9 @@ def merge_adjacent_patches(tokens: torch.Tensor, group: int) -> torch.Tensor:
 
 class VlmhubMiniGPT4ForConditionalGeneration(ImageSoftPromptModel):
     config_class = VlmhubMiniGPT4Config
+    # What training stage 1 trains (and stage 2 trains in full beside LoRA): llama_proj only, as MiniGPT-4 trains
+    # (its Q-Former stays frozen from BLIP-2).
+    connector_modules = ("llama_proj",)
 
     def __init__(self, config: VlmhubMiniGPT4Config):
         super().__init__(config)

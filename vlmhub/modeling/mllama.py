@@ -143,6 +143,10 @@ class VlmhubMllamaVisionModel(VlmhubMllamaPreTrainedModel):
 
 
 class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, GenerationMixin):
+    # What training stage 1 trains (and stage 2 trains in full beside LoRA): the projector and every gated
+    # cross-attention block inside the decoder (a name matches a top-level module or the last part of a path).
+    connector_modules = ("multi_modal_projector", "gated_cross_attn")
+
     def __init__(self, config: VlmhubMllamaConfig):
         super().__init__(config)
         text = config.text_config

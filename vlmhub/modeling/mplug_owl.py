@@ -34,6 +34,9 @@ class VlmhubMplugOwlPreTrainedModel(VlmhubPreTrainedModel):
 
 
 class VlmhubMplugOwlForConditionalGeneration(LanguageModelMixin, VlmhubMplugOwlPreTrainedModel, GenerationMixin):
+    # What training stage 1 trains (and stage 2 trains in full beside LoRA): the visual abstractor.
+    connector_modules = ("abstractor",)
+
     def __init__(self, config: VlmhubMplugOwlConfig):
         super().__init__(config)
         self.vision_model = VisionTransformer(config.vision_config)

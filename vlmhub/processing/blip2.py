@@ -1,10 +1,16 @@
 """BLIP-2 preprocessing: LAVIS' `BlipImageEvalProcessor` (squash to size x size, bicubic, CLIP mean/std) and a
 processor that puts `num_query_tokens` image tokens in front of each prompt (before BOS), as transformers'
 Blip2Processor does, so the model's merge finds exactly one soft-prompt slot per query.
+
+The chat template writes BLIP-2's VQA prompt ("Question: ... Answer: ...") with the image first, as `<image>` then
+the BOS token; a text that holds `<image>` (a chat template's output) has it expanded in place rather than getting
+the prefix, so `processor(images=..., text=template_output, add_special_tokens=False)` gives the same ids as
+`processor(images=..., text="Question: ... Answer:")` with a tokenizer that adds BOS itself (OPT's and Llama's do).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from transformers.image_processing_utils import BatchFeature
@@ -15,6 +21,20 @@ from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .image import BICUBIC, ResizeCropImageProcessor
 
 IMAGE_TOKEN = "<image>"
+
+# "<image>{bos}Question: {q} Answer: {a}{eos}Question: ...": every image first (the query tokens go before BOS, as in
+# pre-training; BLIP-2 takes one image), then the turns in BLIP-2's VQA format; the generation prompt is "Answer:".
+CHAT_TEMPLATE = (
+    "{%- for m in messages if m['content'] is not string %}{%- for c in m['content'] if c['type'] == 'image' %}"
+    "{{- '<image>' }}{%- endfor %}{%- endfor %}{{- bos_token or '' }}"
+    "{%- for m in messages %}{%- if m['content'] is string %}{%- set text = m['content'] %}{%- else %}"
+    "{%- set text = m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') %}"
+    "{%- endif %}"
+    "{%- if m['role'] == 'user' %}{{- 'Question: ' + text + ' ' }}"
+    "{%- elif m['role'] == 'assistant' %}{{- 'Answer: ' + text + (eos_token or '') }}"
+    "{%- else %}{{- text + ' ' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- 'Answer:' }}{%- endif %}"
+)
 
 
 class VlmhubBlip2ImageProcessor(ResizeCropImageProcessor):
@@ -39,21 +59,70 @@ def add_image_token(tokenizer, image_token: str = IMAGE_TOKEN) -> int:
     return tokenizer.convert_tokens_to_ids(image_token)
 
 
+def expand_placeholders(text: str, placeholder: str, replacements: list[str], spans=()) -> tuple[str, list]:
+    """`text` with its i-th `placeholder` replaced by replacements[i], and character `spans` (start, end) of `text`
+    moved to where they land in the result (spans never start inside a placeholder)."""
+    pieces = text.split(placeholder)
+    if len(pieces) - 1 != len(replacements):
+        raise ValueError(f"the text has {len(pieces) - 1} {placeholder} placeholders but {len(replacements)} images")
+    out, shifts, cursor, shift = pieces[0], [], len(pieces[0]), 0
+    for piece, new in zip(pieces[1:], replacements):
+        cursor += len(placeholder)  # just after this placeholder in `text`
+        shift += len(new) - len(placeholder)
+        shifts.append((cursor, shift))
+        out += new + piece
+        cursor += len(piece)
+
+    def move(i: int) -> int:
+        return i + next((s for at, s in reversed(shifts) if at <= i), 0)
+
+    return out, [(move(a), move(b)) for a, b in spans]
+
+
+def tokenize_between_images(tokenizer, text: str, image_token: str, image_token_id: int, chunk_prefix: str = "",
+                            specials_on_first: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of `text` with every `image_token` as image_token_id and each piece between them tokenized on its own
+    (`chunk_prefix` in front; the tokenizer's special tokens on the first piece only when `specials_on_first`), as
+    MiniGPT-4 and mPLUG-Owl encode prompts; with each token's character span in `text` (for training labels)."""
+    ids, offsets, start = [], [], 0
+    for k, piece in enumerate(re.split(f"({re.escape(image_token)})", text)):
+        if piece == image_token:
+            ids.append(image_token_id)
+            offsets.append((start, start + len(piece)))
+        elif piece or (k == 0 and specials_on_first):
+            enc = tokenizer(chunk_prefix + piece, add_special_tokens=specials_on_first and k == 0,
+                            return_offsets_mapping=True)
+            shift = start - len(chunk_prefix)  # the prefix is not part of `text`
+            ids += enc["input_ids"]
+            offsets += [(max(a + shift, start), max(b + shift, start)) for a, b in enc["offset_mapping"]]
+        start += len(piece)
+    return ids, offsets
+
+
 class VlmhubBlip2Processor(ProcessorMixin):
     """Image processor + the language model's tokenizer; with images, each text starts with num_query_tokens image
     tokens (not padded, not truncated, before BOS). One image per text."""
 
     def __init__(self, image_processor=None, tokenizer=None, num_query_tokens: int = 32, image_token: str = IMAGE_TOKEN,
-                 **kwargs):
+                 chat_template: str | None = CHAT_TEMPLATE, **kwargs):
         self.num_query_tokens = num_query_tokens
         self.image_token = image_token
         if tokenizer is not None:
             add_image_token(tokenizer, image_token)
-        super().__init__(image_processor, tokenizer)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     @property
     def image_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def num_image_tokens(self, image_size=None) -> int:
+        """Image tokens per image: the query count, whatever the image size."""
+        return self.num_query_tokens
+
+    def expand_image_tokens(self, text: str, sizes: list, spans=()) -> tuple[str, list]:
+        """Each `<image>` of `text` repeated num_query_tokens times; character `spans` moved along."""
+        tokens = self.image_token * self.num_query_tokens
+        return expand_placeholders(text, self.image_token, [tokens] * len(sizes), spans)
 
     def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
         if images is None and text is None:
@@ -74,6 +143,13 @@ class VlmhubBlip2Processor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _tokenize(self, texts: list[str], with_images: bool, **kwargs) -> dict:
+        if with_images and any(self.image_token in t for t in texts):  # chat-template output: expand in place
+            counts = [t.count(self.image_token) for t in texts]
+            if counts != [1] * len(texts):
+                raise ValueError(f"BLIP-2 takes one image per text: the texts hold {counts} {self.image_token}")
+            texts = [self.expand_image_tokens(t, [None])[0] for t in texts]
+            encoding = self.tokenizer(texts, **kwargs)
+            return {k: encoding[k] for k in ("input_ids", "attention_mask")}
         if "max_length" in kwargs and with_images:
             kwargs["max_length"] -= self.num_query_tokens  # the image tokens are part of the budget
         if kwargs.get("padding") and with_images and self.tokenizer.padding_side == "left":
@@ -108,4 +184,5 @@ def processor_from_transformers(folder: str | Path, config):
     return VlmhubBlip2Processor(image_processor, tokenizer, num_query_tokens=config.num_query_tokens)
 
 
-__all__ = ["VlmhubBlip2ImageProcessor", "VlmhubBlip2Processor", "add_image_token"]
+__all__ = ["VlmhubBlip2ImageProcessor", "VlmhubBlip2Processor", "add_image_token", "expand_placeholders",
+           "tokenize_between_images"]

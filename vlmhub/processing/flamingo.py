@@ -5,6 +5,9 @@ input_ids, attention_mask and pixel_values (B, images, 1, 3, H, W) as open_flami
 image; samples with fewer images are padded with zero images that no token attends to). `few_shot_prompt` builds
 the interleaved prompt "<image>{text}<|endofchunk|>" per demonstration followed by "<image>{query}".
 For batched generation, left padding (`processor.tokenizer.padding_side = "left"`) is what open_flamingo uses.
+
+The chat template writes open_flamingo's VQA format, "<image>Question:{q} Short answer:{a}<|endofchunk|>" per turn
+after BOS (generation prompt "Short answer:"); it holds the BOS token, so pass `add_special_tokens=False` with it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,19 @@ from .clip import VlmhubCLIPImageProcessor
 
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
+# BOS, then per turn open_flamingo's VQA prompt: images as <image>, questions "Question:{q} ", answers
+# "Short answer:{a}<|endofchunk|>" (the chunk ends with the answer); the generation prompt is "Short answer:".
+CHAT_TEMPLATE = (
+    "{{- bos_token or '' }}"
+    "{%- for m in messages %}{%- set parts = [{'type': 'text', 'text': m['content']}] if m['content'] is string "
+    "else m['content'] %}{%- for c in parts %}"
+    "{%- if c['type'] == 'image' %}{{- '<image>' }}"
+    "{%- elif c['type'] == 'text' and m['role'] == 'user' %}{{- 'Question:' + c['text'] + ' ' }}"
+    "{%- elif c['type'] == 'text' and m['role'] == 'assistant' %}"
+    "{{- 'Short answer:' + c['text'] + '<|endofchunk|>' }}"
+    "{%- elif c['type'] == 'text' %}{{- c['text'] + ' ' }}{%- endif %}{%- endfor %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- 'Short answer:' }}{%- endif %}"
+)
 
 
 class VlmhubFlamingoImageProcessor(VlmhubCLIPImageProcessor):
@@ -45,10 +61,10 @@ def few_shot_prompt(demonstrations, query_text: str = "", query_image=None) -> t
 class VlmhubFlamingoProcessor(ProcessorMixin):
     """VlmhubFlamingoImageProcessor + any tokenizer that knows `<image>` and `<|endofchunk|>`."""
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = CHAT_TEMPLATE, **kwargs):
         self.image_token = IMAGE_TOKEN
         self.end_of_chunk_token = END_OF_CHUNK
-        super().__init__(image_processor, tokenizer)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     @property
     def image_token_id(self) -> int:

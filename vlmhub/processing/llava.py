@@ -101,16 +101,17 @@ class VlmhubLlavaProcessor(TransformersFormatMixin, ProcessorMixin):
     """Image processor + tokenizer; each `<image>` in the text becomes the image's exact number of image tokens.
 
     The model-side numbers it needs (patch_size, vision_feature_select_strategy, patch_merge_type,
-    spatial_pool_stride) are stored here, as transformers' LlavaProcessor stores patch_size.
+    spatial_pool_stride, visual_token_merge) are stored here, as transformers' LlavaProcessor stores patch_size.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, patch_size: int = 14, vision_feature_select_strategy: str = "patch",
-                 patch_merge_type: str = "flat", spatial_pool_stride: int = 1, image_token: str = "<image>",
-                 chat_template: str | None = CHAT_TEMPLATE, **kwargs):
+                 patch_merge_type: str = "flat", spatial_pool_stride: int = 1, visual_token_merge: int = 0,
+                 image_token: str = "<image>", chat_template: str | None = CHAT_TEMPLATE, **kwargs):
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.patch_merge_type = patch_merge_type
         self.spatial_pool_stride = spatial_pool_stride
+        self.visual_token_merge = visual_token_merge
         self.image_token = image_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
@@ -126,9 +127,20 @@ class VlmhubLlavaProcessor(TransformersFormatMixin, ProcessorMixin):
         ip = self.image_processor
         crop = ip.crop_size["height"]
         side = crop // self.patch_size // self.spatial_pool_stride
-        if ip.image_aspect_ratio == "anyres":
+        merged = self.visual_token_merge  # ToMe removes exactly this many tokens per crop
+        if merged and not 0 < merged < side * side:
+            raise ValueError(f"visual_token_merge {merged} must leave at least one of a crop's {side * side} "
+                             "patch tokens")
+        per_crop = side * side - merged + (self.vision_feature_select_strategy == "cls_patch")
+        if ip.image_aspect_ratio != "anyres":
+            return per_crop
+        if not merged:
             return anyres_num_tokens(tuple(image_size), ip.image_grid_pinpoints, crop, side, self.patch_merge_type)
-        return side * side + (self.vision_feature_select_strategy == "cls_patch")
+        if self.patch_merge_type != "flat":
+            raise ValueError("visual_token_merge needs patch_merge_type='flat' under AnyRes, "
+                             f"got {self.patch_merge_type!r}")
+        rows, cols = grid_shape(tuple(image_size), ip.image_grid_pinpoints, crop)
+        return per_crop * (1 + rows * cols)
 
     def expand_image_tokens(self, text: str, sizes: list, spans: list[tuple[int, int]] = ()) -> tuple[str, list]:
         """`text` with its i-th placeholder repeated num_image_tokens(sizes[i]) times, and character `spans` of the
@@ -196,7 +208,7 @@ def _processor(image_processor, tokenizer, config) -> VlmhubLlavaProcessor:
     return VlmhubLlavaProcessor(
         image_processor, tokenizer, patch_size=config.vision_config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy, patch_merge_type=config.patch_merge_type,
-        spatial_pool_stride=config.spatial_pool_stride,
+        spatial_pool_stride=config.spatial_pool_stride, visual_token_merge=config.visual_token_merge,
     )
 
 

@@ -3,6 +3,9 @@
 MiniGPT-4 splits the prompt at `<ImageHere>` and tokenizes the pieces separately (BOS on the first piece only), then
 puts the image features between them. The processor does the same and writes `num_image_tokens` image tokens in
 the gap, so the ids are exactly those of the original at every text position.
+
+The chat template writes the same format ("###Human: <Img><ImageHere></Img> ... ###Assistant: "), each answer ending
+with "###" (the Vicuna end_sym MiniGPT-4 trains with), so `processor(images=..., text=template_output)` encodes it.
 """
 
 from __future__ import annotations
@@ -11,10 +14,24 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .blip2 import VlmhubBlip2ImageProcessor, _as_list, add_image_token
+from .blip2 import (VlmhubBlip2ImageProcessor, _as_list, add_image_token, expand_placeholders,
+                    tokenize_between_images)
 
 IMAGE_PLACEHOLDER = "<ImageHere>"
 PROMPT_TEMPLATE = "###Human: {} ###Assistant: "  # the Vicuna (v0) template of MiniGPT-4's eval config
+# PROMPT_TEMPLATE per turn: "###Human: <Img><ImageHere></Img> {q} ###Assistant: {a}###Human: ..."; an answer ends with
+# "###" (Vicuna's end_sym), which also opens the next turn.
+CHAT_TEMPLATE = (
+    "{%- for m in messages %}{%- set parts = [{'type': 'text', 'text': m['content']}] if m['content'] is string "
+    "else m['content'] %}"
+    "{%- if m['role'] == 'user' %}{%- if loop.first or messages[loop.index0 - 1]['role'] != 'assistant' %}{{- '###' }}"
+    "{%- endif %}{{- 'Human: ' }}{%- for c in parts %}{%- if c['type'] == 'image' %}{{- '<Img><ImageHere></Img> ' }}"
+    "{%- elif c['type'] == 'text' %}{{- c['text'] }}{%- endif %}{%- endfor %}{{- ' ' }}"
+    "{%- elif m['role'] == 'assistant' %}{{- '###Assistant: ' }}{%- for c in parts if c['type'] == 'text' %}"
+    "{{- c['text'] }}{%- endfor %}{{- '###' }}"
+    "{%- else %}{%- for c in parts if c['type'] == 'text' %}{{- c['text'] }}{%- endfor %}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '###Assistant: ' }}{%- endif %}"
+)
 
 
 class VlmhubMiniGPT4ImageProcessor(VlmhubBlip2ImageProcessor):
@@ -24,18 +41,31 @@ class VlmhubMiniGPT4ImageProcessor(VlmhubBlip2ImageProcessor):
 class VlmhubMiniGPT4Processor(ProcessorMixin):
     """Image processor + the LLM's tokenizer. Each `<ImageHere>` in a text takes one image, in order."""
 
+    # What a prompt (and the chat template) writes per image; the processor turns it into num_image_tokens tokens.
+    image_placeholder = IMAGE_PLACEHOLDER
+
     def __init__(self, image_processor=None, tokenizer=None, num_image_tokens: int = 32, image_token: str = "<image>",
-                 prompt_template: str = PROMPT_TEMPLATE, **kwargs):
+                 prompt_template: str = PROMPT_TEMPLATE, chat_template: str | None = CHAT_TEMPLATE, **kwargs):
         self.num_image_tokens = num_image_tokens
         self.image_token = image_token
         self.prompt_template = prompt_template
         if tokenizer is not None:
             add_image_token(tokenizer, image_token)
-        super().__init__(image_processor, tokenizer)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     @property
     def image_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def expand_image_tokens(self, text: str, sizes: list, spans=()) -> tuple[str, list]:
+        """Each <ImageHere> of `text` as num_image_tokens image tokens; character `spans` moved along."""
+        tokens = self.image_token * self.num_image_tokens
+        return expand_placeholders(text, IMAGE_PLACEHOLDER, [tokens] * len(sizes), spans)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode` of an expanded text (image tokens written out), with each token's character span in it."""
+        return tokenize_between_images(self.tokenizer, text, self.image_token, self.image_token_id,
+                                       specials_on_first=True)
 
     def format_prompt(self, instruction: str, with_image: bool = True) -> str:
         """'Describe it.' -> '###Human: <Img><ImageHere></Img> Describe it. ###Assistant: '."""

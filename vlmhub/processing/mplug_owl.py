@@ -17,11 +17,13 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .blip2 import expand_placeholders, tokenize_between_images
 from .clip import VlmhubCLIPImageProcessor
 
 SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 # "<system>\nHuman: <image>\nHuman: <question>\nAI: <answer>\nHuman: ...": one line per image, text and answer.
+# `end_answers_with_eos=True` (training renderings) ends each answer with eos, as the original trains on answer + eos.
 CHAT_TEMPLATE = (
     "{% set system = namespace(text='" + SYSTEM.replace("'", "\\'") + "') %}"
     "{% for m in messages if m['role'] == 'system' %}{% set system.text = m['content'] if m['content'] is string "
@@ -29,7 +31,10 @@ CHAT_TEMPLATE = (
     "{% for m in messages if m['role'] != 'system' %}{% set who = 'Human' if m['role'] == 'user' else 'AI' %}"
     "{% if m['content'] is string %}{{ '\n' + who + ': ' + m['content'] }}{% else %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}{{ '\n' + who + ': <image>' }}{% elif c['type'] == 'text' %}"
-    "{{ '\n' + who + ': ' + c['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{{ '\n' + who + ': ' + c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if m['role'] == 'assistant' and end_answers_with_eos is defined and end_answers_with_eos %}"
+    "{{ eos_token }}{% endif %}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}{{ '\nAI: ' }}{% endif %}"
 )
 PADDING_SIDES = ("right", "left")
@@ -82,6 +87,17 @@ class VlmhubMplugOwlProcessor(ProcessorMixin):
             rows = [self.encode_prompt(t, max_length) for t in texts]
             data.update(self.pad(rows, padding_side))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def expand_image_tokens(self, text: str, sizes: list, spans=()) -> tuple[str, list]:
+        """Each `<image>` of `text` repeated num_image_tokens times; character `spans` moved along."""
+        tokens = self.image_token * self.num_image_tokens
+        return expand_placeholders(text, self.image_token, [tokens] * len(sizes), spans)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode_prompt` of an expanded text (image tokens written out), with each token's character span in it."""
+        ids, offsets = tokenize_between_images(self.tokenizer, text, self.image_token, self.image_token_id,
+                                               chunk_prefix=self.chunk_prefix)
+        return [self.tokenizer.bos_token_id] + ids, [(0, 0)] + offsets
 
     def encode_prompt(self, text: str, max_length: int | None = None) -> list[int]:
         """[bos] + each text chunk's tokens, each image placeholder as num_image_tokens image ids."""

@@ -4,6 +4,12 @@
     vlmhub-finetune merge --model DIR --adapter out/ --output merged/
 
 Runs unchanged under `torchrun --nproc_per_node N -m vlmhub.train train ...` and `accelerate launch`.
+
+Every generative family trains the same way: LLaVA, BLIP-2, MiniGPT-4, mPLUG-Owl (soft prompts), Mllama and Flamingo
+(gated cross-attention). Each renders the conversations with its processor's chat template; stage 1 trains the
+model's `connector_modules` (projector, Q-Former + projection, llama_proj, abstractor, projector + cross-attention,
+Perceiver + cross-attention); stage 2 puts LoRA on the language model's own layers (never inside the connector, nor in
+the vision tower unless asked) and trains the connector in full.
 """
 
 import argparse
@@ -17,7 +23,7 @@ from transformers import set_seed
 
 from .data import load_records
 from .loop import TrainArgs, train, write_logs
-from .setup import apply_stage, load_for_training, trainable_report
+from .setup import apply_stage, connector_paths, load_for_training, trainable_report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,8 +91,8 @@ def save_result(model, processor, out: Path, stage: int):
     if stage in (2, "full"):
         model.save_pretrained(out)
         return
-    names = tuple(model.connector_modules)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(names)}
+    prefixes = tuple(path + "." for path in connector_paths(model))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
     save_file(state, out / "connector.safetensors")
 
 

@@ -124,6 +124,13 @@ def _processor(folder: Path, config):
     return processor_from_transformers(folder, config)
 
 
+def blip_processor(folder: Path):
+    """Our BLIP processor for the folder's BlipProcessor files (None without them)."""
+    from ...processing.blip import processor_from_transformers
+
+    return processor_from_transformers(folder)
+
+
 def blip_text_rules(src: str, dst: str) -> list[Rule]:
     """BERT with cross-attention in every layer (`{src}embeddings`, `{src}encoder.layer.N`) -> our BlipTextModel."""
     s = src.replace(".", r"\.")
@@ -157,11 +164,11 @@ def build_blip(hf: dict, sd: dict, folder: Path):
             Rule(re.escape(head) + r"bias", "lm_head.decoder.bias"),
             Rule(re.escape(head) + r"decoder\.bias", None),  # the same tensor as predictions.bias
         ]
-        return VlmhubBlipForConditionalGeneration(blip_config(hf)), table, None
+        return VlmhubBlipForConditionalGeneration(blip_config(hf)), table, blip_processor(folder)
     if arch == "BlipForImageTextRetrieval":
         table = vision + blip_text_rules("text_encoder.", "text_encoder.") + [
             Rule(r"(vision_proj|text_proj|itm_head)\.(weight|bias)", "{0}.{1}")]
-        return VlmhubBlipForImageTextRetrieval(blip_config(hf)), table, None
+        return VlmhubBlipForImageTextRetrieval(blip_config(hf)), table, blip_processor(folder)
     raise ConversionError(f"transformers {arch} checkpoints are not supported; convert BlipForConditionalGeneration "
                           "or BlipForImageTextRetrieval")
 

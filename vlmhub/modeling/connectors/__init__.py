@@ -13,3 +13,4 @@ from .gated_cross_attention import (
     insert_cross_attention,
 )
 from .perceiver import PerceiverLayer, PerceiverResampler
+from .tome import TokenMerger, bipartite_soft_matching, merge_tokens
