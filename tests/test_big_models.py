@@ -80,13 +80,7 @@ def test_sharded_save_reloads_identically(saved, name):
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-# mPLUG-Owl calls `abstractor.encode` and reads `abstractor.vit_eos` directly: accelerate's offload hooks run on
-# `forward` only, so with the abstractor's own parameters on "disk" they stay on the meta device.
-OFFLOAD_BUG = pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                                reason="mPLUG-Owl bypasses Abstractor.forward, which accelerate's offload hooks wrap")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=OFFLOAD_BUG) if n == "mplug_owl" else n for n in FAMILIES])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_device_map_auto_with_tiny_max_memory_offloads_and_still_runs(saved, name, tmp_path):
     family = saved(name)
     offloaded = load_offloaded(family.auto, family.folder, int(0.6 * model_bytes(family.model)), tmp_path)

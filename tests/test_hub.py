@@ -162,11 +162,15 @@ def test_save_pretrained_writes_a_model_card(tmp_path, family):
     card = ModelCard.load(tmp_path / "my-model" / "README.md")
     assert card.data.library_name == "transformers" and card.data.tags == ["vlmhub", family]
     total = sum(p.numel() for p in model.state_dict().values() if p is not None)
-    tokens = {"vit": "17 (16 patches", "clip": "17 (16 patches", "llava": "AnyRes"}[family]
+    tokens = {"vit": "17 (16 patches", "clip": "17 (16 patches", "llava": "52 to 88 (AnyRes"}[family]
     assert tokens in card.text and "Saved with vlmhub; not converted" in card.text
     assert 'from_pretrained("my-model")' in card.text and f"{total / 1e3:.2f} K" in card.text
     pipeline = {"vit": "image-classification", "clip": "zero-shot-image-classification", "llava": "image-text-to-text"}
     assert card.data.pipeline_tag == pipeline[family]
+    if family == "llava":  # ToMe merging is counted (4 fewer tokens in each of 3 or 5 views of 16) and named
+        merged = dict(patch_merge_type="flat", visual_token_merge=4)
+        tome = hub._llava_tokens(vlmhub.LlavaConfig.from_dict(model.config.to_dict() | merged))
+        assert tome.startswith("36 to 60 (AnyRes") and tome.endswith("ToMe merges 4 tokens per view)")
 
 
 def test_card_renders_the_parity_measured_during_conversion(tmp_path):
@@ -260,3 +264,43 @@ def test_blip_folder_and_processor_load_through_our_classes(tmp_path, arch):
     output = "logits" if captioning else "itm_score"
     with torch.no_grad():
         assert max_diff(getattr(hf(**a), output), getattr(ours(**b), output)) <= ATOL
+
+
+def test_blip2_processor_from_a_transformers_folder(tmp_path):
+    """transformers' Blip2Processor saved beside a blip-2 config.json loads as our processor (ours inside too)."""
+    from tests.conversion.test_blip2_conversion import Q, hf_blip2
+
+    hf_blip2("opt").config.save_pretrained(tmp_path)
+    theirs = transformers.Blip2Processor(transformers.BlipImageProcessorPil(size={"height": 16, "width": 16}),
+                                         tokenizer(), num_query_tokens=Q)
+    theirs.save_pretrained(tmp_path)
+    ours = vlmhub.VlmhubBlip2Processor.from_pretrained(tmp_path)
+    assert type(ours) is vlmhub.VlmhubBlip2Processor and type(ours.image_processor) is vlmhub.VlmhubBlip2ImageProcessor
+    assert type(vlmhub.VlmhubBlip2ImageProcessor.from_pretrained(tmp_path)) is vlmhub.VlmhubBlip2ImageProcessor
+    kwargs = dict(images=[image(20, 30), image(40, 24, 1)], text=["what is this ?", "a red circle"], padding=True,
+                  return_tensors="pt")
+    a, b = theirs(**kwargs), ours(**kwargs)
+    assert a["input_ids"].shape[1] > Q and torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["attention_mask"], b["attention_mask"]) and max_diff(a["pixel_values"], b["pixel_values"]) <= 1e-6
+
+
+def test_mllama_processor_from_a_transformers_folder(tmp_path):
+    """transformers' MllamaProcessor saved beside an mllama config.json loads as our processor (ours inside too)."""
+    from tests.processing.test_mllama_processing import CLIP
+    from tests.processing.test_mllama_processing import image as mllama_image
+    from tests.processing.test_mllama_processing import tokenizer as mllama_tokenizer
+
+    transformers.MllamaConfig().save_pretrained(tmp_path)
+    theirs = transformers.MllamaProcessor(
+        transformers.MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=4, **CLIP), mllama_tokenizer())
+    theirs.save_pretrained(tmp_path)
+    ours = vlmhub.MllamaProcessor.from_pretrained(tmp_path)
+    assert type(ours) is vlmhub.VlmhubMllamaProcessor and type(ours.image_processor) is vlmhub.VlmhubMllamaImageProcessor
+    assert type(vlmhub.MllamaImageProcessor.from_pretrained(tmp_path)) is vlmhub.VlmhubMllamaImageProcessor
+    texts = ["<|image|>describe this", "compare <|image|> and <|image|> that ?"]
+    images = [[mllama_image(80, 30)], [mllama_image(30, 20, 1), mllama_image(20, 70, 2)]]
+    a = theirs(images=images, text=texts, padding=True, return_tensors="pt")
+    b = ours(images=images, text=texts, padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"):
+        assert torch.equal(a[key], b[key]), key
+    assert max_diff(a["pixel_values"], b["pixel_values"]) <= 1e-6

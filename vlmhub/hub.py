@@ -320,13 +320,13 @@ def _tower_tokens(config) -> str:
 
 
 def _llava_tokens(config) -> str:
+    tome = f", ToMe merges {config.visual_token_merge} tokens per view" if config.visual_token_merge else ""
     if config.image_aspect_ratio != "anyres":
-        return f"{config.tokens_per_crop} (one {config.vision_config.image_size} px view)"
-    from .geometry.anyres import anyres_num_tokens
-
-    crop, side, pinpoints = config.vision_config.image_size, config.feature_side, config.image_grid_pinpoints
-    counts = [anyres_num_tokens(tuple(p), pinpoints, crop, side, config.patch_merge_type) for p in pinpoints]
-    return f"{min(counts)} to {max(counts)} (AnyRes: a {crop} px base view plus the crops of the best of {len(pinpoints)} canvases)"
+        return f"{config.tokens_per_crop} (one {config.vision_config.image_size} px view{tome})"
+    crop, pinpoints = config.vision_config.image_size, config.image_grid_pinpoints
+    counts = [config.tokens_per_image(p) for p in pinpoints]  # pooling, ToMe merging and every merge type included
+    return (f"{min(counts)} to {max(counts)} (AnyRes: a {crop} px base view plus the crops of the best of "
+            f"{len(pinpoints)} canvases{tome})")
 
 
 # our model_type -> config -> visual tokens per image, in words. Default: the vision tower's tokens.

@@ -51,10 +51,9 @@ class VlmhubMplugOwlForConditionalGeneration(LanguageModelMixin, VlmhubMplugOwlP
         if pixel_values.ndim == 5:  # (images, 1, 3, H, W) from a batched processor
             pixel_values = pixel_values.flatten(0, 1)
         patches = self.vision_model(pixel_values).last_hidden_state  # (images, 1 + N, Dv), post-LayerNorm
-        queries = self.abstractor.encode(patches).last_hidden_state  # (images, Q, D)
-        tokens = self.abstractor.visual_fc(queries)  # (images, Q, Dt)
-        eos = self.abstractor.vit_eos.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-        return BaseModelOutputWithPooling(last_hidden_state=torch.cat([tokens, eos], dim=1), pooler_output=queries[:, 0])
+        # through Abstractor.forward (not encode / vit_eos directly): offload hooks load the weights only there
+        tokens, queries = self.abstractor(patches, return_queries=True)  # (images, Q + 1, Dt), (images, Q, D)
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=queries[:, 0])
 
     @can_return_tuple
     def forward(

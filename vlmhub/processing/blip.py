@@ -15,7 +15,7 @@ from .blip2 import VlmhubBlip2ImageProcessor
 from .wordpiece import build_wordpiece_tokenizer
 
 
-class VlmhubBlipImageProcessor(TransformersFormatMixin, VlmhubBlip2ImageProcessor):
+class VlmhubBlipImageProcessor(VlmhubBlip2ImageProcessor):  # TransformersFormatMixin comes with the base
     size = {"height": 384, "width": 384}
 
 

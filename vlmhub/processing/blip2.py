@@ -6,6 +6,8 @@ The chat template writes BLIP-2's VQA prompt ("Question: ... Answer: ...") with 
 the BOS token; a text that holds `<image>` (a chat template's output) has it expanded in place rather than getting
 the prefix, so `processor(images=..., text=template_output, add_special_tokens=False)` gives the same ids as
 `processor(images=..., text="Question: ... Answer:")` with a tokenizer that adds BOS itself (OPT's and Llama's do).
+
+Both classes' `from_pretrained` also read transformers' blip-2 folders (Blip2Processor), giving our classes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import AddedToken
 
+from .base import TransformersFormatMixin
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .image import BICUBIC, ResizeCropImageProcessor
 
@@ -37,7 +40,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class VlmhubBlip2ImageProcessor(ResizeCropImageProcessor):
+class VlmhubBlip2ImageProcessor(TransformersFormatMixin, ResizeCropImageProcessor):
     """Resize to 224x224 (bicubic, aspect ratio not kept), rescale, normalise with CLIP's statistics."""
 
     do_resize = True
@@ -99,7 +102,7 @@ def tokenize_between_images(tokenizer, text: str, image_token: str, image_token_
     return ids, offsets
 
 
-class VlmhubBlip2Processor(ProcessorMixin):
+class VlmhubBlip2Processor(TransformersFormatMixin, ProcessorMixin):
     """Image processor + the language model's tokenizer; with images, each text starts with num_query_tokens image
     tokens (not padded, not truncated, before BOS). One image per text."""
 

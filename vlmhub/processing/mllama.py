@@ -10,6 +10,8 @@ padding is filled with the value of black.
 when missing (after leading image tokens, as transformers does), and `cross_attention_mask` (batch, tokens, images,
 tiles): each image is seen from its own token up to the next image's token (or the end; consecutive image tokens
 all reach to the end of the text that follows them), and only its real tiles.
+
+Both classes' `from_pretrained` also read transformers' mllama folders (MllamaProcessor), giving our classes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import make_nested_list_of_images
 from transformers.processing_utils import ImagesKwargs, ProcessorMixin, Unpack
 
+from .base import TransformersFormatMixin
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .image import BILINEAR, convert_rgb, load_image, normalize, rescale, to_pil
 from .tiling import TilePlan, aspect_ratio_id, plan_tiles
@@ -52,7 +55,7 @@ class MllamaImagesKwargs(ImagesKwargs, total=False):
     max_images_per_sample: int
 
 
-class VlmhubMllamaImageProcessor(BaseImageProcessor):
+class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
     """Images (nested per sample) -> pixel_values (B, images, max_image_tiles, 3, tile, tile), aspect_ratio_ids
     (B, images), aspect_ratio_mask (B, images, max_image_tiles), num_tiles (list per sample).
 
@@ -193,7 +196,7 @@ def cross_attention_mask(input_ids: list[list[int]], num_tiles: list[list[int]],
     return mask
 
 
-class VlmhubMllamaProcessor(ProcessorMixin):
+class VlmhubMllamaProcessor(TransformersFormatMixin, ProcessorMixin):
     """VlmhubMllamaImageProcessor + any tokenizer that knows `<|image|>` (Llama 3's has it at 128256).
 
     `processor(text=..., images=..., padding=..., return_tensors="pt")`: images are nested per sample

@@ -55,8 +55,8 @@ class AbstractorLayer(GradientCheckpointingLayer):
 
 class Abstractor(nn.Module):
     """query_tokens (1, Q, D) -> `num_hidden_layers` AbstractorLayers over the image features -> visual_fc (D -> Dt),
-    then vit_eos (1, 1, Dt) appended. `encode` returns the queries before visual_fc (the original's pooler reads
-    the first of them)."""
+    then vit_eos (1, 1, Dt) appended. `forward(..., return_queries=True)` also returns the queries before
+    visual_fc (the original's pooler reads the first of them)."""
 
     def __init__(self, config, out_dim: int):
         super().__init__()
@@ -97,8 +97,13 @@ class Abstractor(nn.Module):
         queries = torch.ones(B, self.config.num_query_tokens, dtype=torch.bool, device=device)
         return torch.cat([queries, mask.bool()], dim=1)[:, None, None, :]
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features (B, N, D) -> (B, Q + 1, Dt): the projected queries followed by vit_eos."""
-        x = self.visual_fc(self.encode(features, mask).last_hidden_state)  # (B, Q, Dt)
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None,
+                return_queries: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """features (B, N, D) -> tokens (B, Q + 1, Dt): the projected queries followed by vit_eos; with
+        `return_queries`, (tokens, queries (B, Q, D) before visual_fc). Models use this call, not `encode`, for
+        every use of the weights: accelerate's offload hooks load them only around `forward`."""
+        queries = self.encode(features, mask).last_hidden_state  # (B, Q, D)
+        x = self.visual_fc(queries)  # (B, Q, Dt)
         eos = self.vit_eos.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, 1, Dt)
-        return torch.cat([x, eos], dim=1)
+        tokens = torch.cat([x, eos], dim=1)
+        return (tokens, queries) if return_queries else tokens
