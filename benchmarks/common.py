@@ -101,3 +101,12 @@ def resolve_sizes(sizes, mid: str) -> list[str]:
     """Size names a family knows, from "tiny,mid" (a string or a list); "mid" is the family's mid-size config."""
     names = sizes.split(",") if isinstance(sizes, str) else list(sizes)
     return [mid if name == "mid" else name for name in names]
+
+
+def save_report(path, report: str) -> None:
+    """Print a benchmark report and write it to `path` (folders made as needed)."""
+    from pathlib import Path
+
+    print(report)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(report + "\n")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved  # noqa: E402
+from common import interleaved, save_report  # noqa: E402
 
 import vlmhub  # noqa: E402
 
@@ -143,9 +143,7 @@ def main():
     report = (f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, fp32, medians of "
               f"{args.repeats} interleaved runs; accuracy on the first {args.eval} held-out questions (training-free "
               f"compression of the shipped model)\n\n" + markdown(measured))
-    print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report + "\n")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

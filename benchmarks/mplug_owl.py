@@ -15,7 +15,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved, resolve_sizes  # noqa: E402
+from common import generation_rate, interleaved, resolve_sizes, save_report  # noqa: E402
 
 from vlmhub.configuration.llava import VlmhubLlavaConfig  # noqa: E402
 from vlmhub.configuration.mplug_owl import VlmhubMplugOwlConfig  # noqa: E402
@@ -101,9 +101,7 @@ def main():
     found = collect(args.sizes, args.new_tokens)
     report = (f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
               f"cpu fp32, medians of interleaved runs ({time.perf_counter() - start:.0f} s)\n\n" + table(found))
-    print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report + "\n")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -5,28 +5,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 import vlmhub
+from tests.processing.test_llava_processing import tokenizer
 from vlmhub.modeling.connectors import TokenMerger, bipartite_soft_matching, merge_tokens
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=7)
 TEXT = dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             vocab_size=40, pad_token_id=0, eos_token_id=2, bos_token_id=1)
 CROP = dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-WORDS = ["what", "is", "this", "a", "red", "circle", "?", "USER:", "ASSISTANT:"]
 PINPOINTS = [[28, 56], [56, 28], [56, 56]]
 IMAGE = 3  # "<image>" in the tokenizer below
-
-
-def tokenizer():
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<image>"] + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>")
-    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return fast
 
 
 def config(**overrides):

@@ -20,6 +20,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), 
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.16, "big": 0.3}  # shape width as a fraction of the image side
 NUMBERS = ("zero", "one", "two", "three", "four")
+GAP = 0.02  # least free space between two shapes' boxes, as a fraction of the image side
+MARGIN = 0.12  # least horizontal distance between centres for a left/right question to be well posed
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,14 @@ class Shape:
 
 
 def sample_scene(rng: random.Random, max_shapes: int = 4) -> list[Shape]:
-    """1..max_shapes shapes, distinct (colour, shape) pairs, centres at least a shape apart, sorted left to right."""
+    """1..max_shapes shapes, distinct (colour, shape) pairs, none overlapping another, sorted left to right."""
     shapes, taken = [], set()
     for _ in range(rng.randint(1, max_shapes)):
         for _attempt in range(50):
             kind, colour, size = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES))
             x, y = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8)
-            if (kind, colour) not in taken and all(abs(x - s.x) > 0.22 or abs(y - s.y) > 0.22 for s in shapes):
+            apart = lambda s: (SIZES[size] + SIZES[s.size]) / 2 + GAP  # centre distance at which the boxes clear
+            if (kind, colour) not in taken and all(abs(x - s.x) > apart(s) or abs(y - s.y) > apart(s) for s in shapes):
                 shapes.append(Shape(kind, colour, size, round(x, 3), round(y, 3)))
                 taken.add((kind, colour))
                 break
@@ -80,17 +83,26 @@ def description(shapes: list[Shape]) -> str:
 
 
 def questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
-    """(question, answer) pairs a reader of the image can answer: colour, count, left of, yes/no."""
-    s = rng.choice(shapes)
-    qa = [(f"What colour is the {s.shape}?" if sum(t.shape == s.shape for t in shapes) == 1 else
-           f"What colour is the {s.size} {s.shape}?", s.colour),
-          ("How many shapes are there?", NUMBERS[len(shapes)])]
+    """(question, answer) pairs a reader of the image can answer: colour, count, left of, yes/no.
+
+    Only well-posed questions: a colour question names a shape the words pick out alone, and left/right questions
+    are asked only of shapes at least MARGIN apart horizontally."""
+    qa = []
+    named = {s: f"the {s.shape}" if sum(t.shape == s.shape for t in shapes) == 1 else f"the {s.size} {s.shape}"
+             for s in shapes if sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1}
+    if named:
+        s = rng.choice(list(named))
+        qa.append((f"What colour is {named[s]}?", s.colour))
+    qa.append(("How many shapes are there?", NUMBERS[len(shapes)]))
+    present = rng.choice(shapes).colour
     absent = rng.choice([c for c in COLOURS if c not in {t.colour for t in shapes}] or ["white"])
-    probe = rng.choice([s.colour, absent])
-    qa.append((f"Is there a {probe} shape?", "yes" if any(t.colour == probe for t in shapes) else "no"))
-    if len(shapes) > 1:
-        a, b = rng.sample(shapes, 2)
+    probe = rng.choice([present, absent])
+    qa.append((f"Is there a {probe} shape?", "yes" if probe == present else "no"))
+    pairs = [(a, b) for a in shapes for b in shapes if a is not b and abs(a.x - b.x) >= MARGIN]
+    if pairs:
+        a, b = rng.choice(pairs)
         qa.append((f"Is the {a.colour} {a.shape} left of the {b.colour} {b.shape}?", "yes" if a.x < b.x else "no"))
+    if len(shapes) > 1 and shapes[1].x - shapes[0].x >= MARGIN:
         qa.append(("Which shape is on the far left?", f"the {shapes[0].colour} {shapes[0].shape}"))
     return qa
 

@@ -97,7 +97,9 @@ def copy_vision_tower(llava_folder: Path, clip_folder: Path) -> None:
 
 
 def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: int, test_images: int, seed: int,
-              vision_from: Path | None = None) -> dict:
+              vision_from: Path | None = None, start_from: Path | None = None, train_seed: int | None = None) -> dict:
+    """Train a small LLaVA on fresh scenes (seed) and evaluate it on a split drawn with seed + 777. `start_from`
+    continues an already trained LLaVA (a second stage) instead of the untrained one."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .cli import main as finetune
@@ -113,12 +115,13 @@ def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: i
         copy_vision_tower(initial, vision_from)
     untrained = evaluate(AutoModelForImageTextToText.from_pretrained(initial), AutoProcessor.from_pretrained(initial), work / "heldout", 200)
     start = time.perf_counter()
-    finetune(["train", "--model", str(initial), "--data", str(work / "data" / "qa.json"), "--image-folder",
+    finetune(["train", "--model", str(start_from or initial), "--data", str(work / "data" / "qa.json"), "--image-folder",
               str(work / "data" / "images"), "--output", str(out), "--stage", "full", "--steps", str(steps),
-              "--batch-size", str(batch_size), "--lr", str(lr), "--warmup", str(steps // 20), "--seed", str(seed)])
+              "--batch-size", str(batch_size), "--lr", str(lr), "--warmup", str(steps // 20), "--seed", str(seed if train_seed is None else train_seed)])
     minutes = (time.perf_counter() - start) / 60
     trained = evaluate(AutoModelForImageTextToText.from_pretrained(out), AutoProcessor.from_pretrained(out), work / "heldout")
-    report = {"recipe": "llava", "vision_from": str(vision_from) if vision_from else None, "steps": steps, "batch_size": batch_size, "lr": lr, "train_images": train_images,
+    report = {"recipe": "llava", "vision_from": str(vision_from) if vision_from else None,
+              "start_from": str(start_from) if start_from else None, "steps": steps, "batch_size": batch_size, "lr": lr, "train_images": train_images,
               "seed": seed, "heldout_seed": seed + 777, "train_minutes": round(minutes, 2), "trained": trained, "untrained": untrained}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1))
     return report
@@ -135,11 +138,14 @@ def main(argv=None):
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vision-from", type=Path, help="llava: start the image tower from this CLIP (the clip recipe's output)")
+    p.add_argument("--start-from", type=Path, help="llava: continue training this LLaVA (an earlier run's output)")
+    p.add_argument("--train-seed", type=int, help="seed of the training run (data order, init); default --seed")
     a = p.parse_args(argv)
     if a.recipe == "clip":
         report = run_clip(Path(a.out), a.steps, a.batch_size, a.lr, a.seed)
     else:
-        report = run_llava(Path(a.out), a.steps, a.batch_size, a.lr, a.train_images, a.test_images, a.seed, a.vision_from)
+        report = run_llava(Path(a.out), a.steps, a.batch_size, a.lr, a.train_images, a.test_images, a.seed, a.vision_from,
+                           a.start_from, a.train_seed)
     print(json.dumps(report, indent=1))
 
 
