@@ -131,7 +131,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", choices=["llava", "clip"])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--steps", type=int, help="default: 9000 for clip (3000 leaves it naming shapes 71%% right), 2500 for llava")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--train-images", type=int, default=3000)
@@ -141,6 +141,7 @@ def main(argv=None):
     p.add_argument("--start-from", type=Path, help="llava: continue training this LLaVA (an earlier run's output)")
     p.add_argument("--train-seed", type=int, help="seed of the training run (data order, init); default --seed")
     a = p.parse_args(argv)
+    a.steps = a.steps or (9000 if a.recipe == "clip" else 2500)
     if a.recipe == "clip":
         report = run_clip(Path(a.out), a.steps, a.batch_size, a.lr, a.seed)
     else:
