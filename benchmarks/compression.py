@@ -57,8 +57,9 @@ def variant(model, processor, stride: int, fraction: float):
 
 def prompt(processor, image: Image.Image, batch: int) -> dict:
     """The chat prompt of one question about `image`, `batch` times (the processor expands <image>)."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    from vlmhub.train.recipes import prompt as chat_prompt
+
+    text = chat_prompt(processor, QUESTION)
     return dict(processor(images=[image] * batch, text=[text] * batch, return_tensors="pt"))
 
 
@@ -67,12 +68,11 @@ def timings(models: dict, inputs: dict, repeats: int, new_tokens: int) -> dict:
     prefill = interleaved({k: (lambda k=k: models[k](**inputs[k])) for k in models}, repeats=repeats)
     vision = interleaved({k: (lambda k=k: models[k].get_image_features(inputs[k]["pixel_values"])) for k in models},
                          repeats=repeats)
-    decode = {}
-    for k, m in models.items():  # decode rate: (time for 1 + n tokens) - (time for 1 token), n tokens
-        gen = {n: (lambda n=n: m.generate(**inputs[k], max_new_tokens=n, min_new_tokens=n, do_sample=False))
-               for n in (1, 1 + new_tokens)}
-        t = interleaved(gen, repeats=max(3, repeats // 5), warmup=1)
-        decode[k] = new_tokens * len(inputs[k]["input_ids"]) / max(t[1 + new_tokens] - t[1], 1e-9)
+    # decode rate: (time for 1 + n tokens) - (time for 1 token), n tokens; every variant's runs interleaved
+    gen = {(k, n): (lambda k=k, n=n: models[k].generate(**inputs[k], max_new_tokens=n, min_new_tokens=n, do_sample=False))
+           for k in models for n in (1, 1 + new_tokens)}
+    t = interleaved(gen, repeats=max(3, repeats // 5), warmup=1)
+    decode = {k: new_tokens * len(inputs[k]["input_ids"]) / max(t[k, 1 + new_tokens] - t[k, 1], 1e-9) for k in models}
     return {k: dict(prefill=prefill[k], vision=vision[k], decode_tps=decode[k]) for k in models}
 
 

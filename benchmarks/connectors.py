@@ -13,16 +13,18 @@ import argparse
 import json
 import random
 import re
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from vlmhub import defaults
-from vlmhub.data import scenes
-from vlmhub.train.recipes import IMAGE_SIZE, QUESTION_TYPES, evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compression import timings  # noqa: E402
+
+from vlmhub import defaults  # noqa: E402
+from vlmhub.data import scenes  # noqa: E402
+from vlmhub.train.recipes import IMAGE_SIZE, QUESTION_TYPES, evaluate, prompt  # noqa: E402
 
 HELDOUT_SEED = 4242  # no recipe trains or evaluates on it
 MARKERS = ("<!-- connectors-table:start -->", "<!-- connectors-table:end -->")
@@ -45,41 +47,22 @@ def with_changes(folder: Path, changes: dict):
     """The default model and processor with `changes` applied to its config (and so to the processor's token count)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(folder, **changes).eval()
-    processor = AutoProcessor.from_pretrained(folder, **changes) if changes else AutoProcessor.from_pretrained(folder)
-    return model, processor
+    return AutoModelForImageTextToText.from_pretrained(folder, **changes).eval(), AutoProcessor.from_pretrained(folder, **changes)
 
 
 def visual_tokens(processor, image) -> int:
-    prompt = chat(processor, "How many shapes are there?")
-    ids = processor(images=[image], text=prompt, return_tensors="pt")["input_ids"][0]
+    ids = processor(images=[image], text=prompt(processor, "How many shapes are there?"), return_tensors="pt")["input_ids"][0]
     return int((ids == processor.image_token_id).sum())
 
 
-def chat(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
-@torch.inference_mode()
-def speed(model, processor, image, repeats: int = 20, new_tokens: int = 16) -> tuple[float, float]:
-    """(median prefill seconds, decode tokens/s) for one image and one question, batch 1."""
-    inputs = processor(images=[image], text=chat(processor, "What colour is the circle?"), return_tensors="pt")
-    prefill = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        prefill.append(time.perf_counter() - start)
-    decode = []
-    for _ in range(5):  # decode time: a long generation minus a one-token one (the prefill)
-        runs = []
-        for length in (1, new_tokens + 1):
-            start = time.perf_counter()
-            model.generate(**inputs, max_new_tokens=length, min_new_tokens=length, do_sample=False)
-            runs.append(time.perf_counter() - start)
-        decode.append(runs[1] - runs[0])
-    decode = statistics.median(decode)
-    return statistics.median(prefill), new_tokens / decode
+def speeds(loaded: dict, image, repeats: int = 20, new_tokens: int = 16) -> dict:
+    """key -> (median prefill seconds, decode tokens/s) for one image and one question, batch 1, through the
+    compression benchmark's interleaved timings."""
+    models = {key: model for key, (model, _) in loaded.items()}
+    inputs = {key: dict(processor(images=[image], text=prompt(processor, "What colour is the circle?"), return_tensors="pt"))
+              for key, (_, processor) in loaded.items()}
+    timed = timings(models, inputs, repeats, new_tokens)
+    return {key: (t["prefill"], t["decode_tps"]) for key, t in timed.items()}
 
 
 def measure(images: int) -> list[dict]:
@@ -90,20 +73,21 @@ def measure(images: int) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="vlmhub-connectors-"))
     scenes.generate(work, train=0, test=images, size=IMAGE_SIZE, seed=HELDOUT_SEED)
     image = scenes.draw(scenes.sample_scene(random.Random(0)), IMAGE_SIZE)
-    rows = []
+    loaded, connector = {}, {}
     for name in defaults.available():
         config = AutoConfig.from_pretrained(defaults.path(name))
-        if config.model_type not in CONNECTORS:
-            continue
-        for variant, changes in variants(config.model_type, config).items():
-            model, processor = with_changes(defaults.path(name), changes)
-            prefill, decode = speed(model, processor, image)
-            accuracy = evaluate(model, processor, work)
-            rows.append({"model": name, "connector": CONNECTORS[config.model_type], "compression": variant,
-                         "visual_tokens": visual_tokens(processor, image),
-                         "parameters": sum(p.numel() for p in model.parameters()), "prefill_ms": prefill * 1e3,
-                         "decode_tokens_per_s": decode, **accuracy})
-            print(json.dumps(rows[-1]))
+        if config.model_type in CONNECTORS:
+            for variant, changes in variants(config.model_type, config).items():
+                loaded[name, variant] = with_changes(defaults.path(name), changes)
+                connector[name, variant] = CONNECTORS[config.model_type]
+    timed, rows = speeds(loaded, image), []
+    for (name, variant), (model, processor) in loaded.items():
+        prefill, decode = timed[name, variant]
+        rows.append({"model": name, "connector": connector[name, variant], "compression": variant,
+                     "visual_tokens": visual_tokens(processor, image),
+                     "parameters": sum(p.numel() for p in model.parameters()), "prefill_ms": prefill * 1e3,
+                     "decode_tokens_per_s": decode, **evaluate(model, processor, work)})
+        print(json.dumps(rows[-1]))
     return rows
 
 

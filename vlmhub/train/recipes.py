@@ -71,15 +71,19 @@ def evaluate(model, processor, data: Path, limit: int | None = None) -> dict:
     items = items[:limit]
     right, total = {}, {}
     for image, question, answer, kind in items:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(images=[str(data / "images" / image)], text=prompt, return_tensors="pt")
+        inputs = processor(images=[str(data / "images" / image)], text=prompt(processor, question), return_tensors="pt")
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
         got = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         total[kind] = total.get(kind, 0) + 1
         right[kind] = right.get(kind, 0) + (normalise(got) == normalise(answer))
     by_type = {k: right[k] / total[k] for k in total}
     return {"accuracy": sum(right.values()) / max(1, sum(total.values())), "by_type": by_type, "questions": total}
+
+
+def prompt(processor, question: str) -> str:
+    """The chat-template prompt for one image and one question, ready for the answer."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
 def normalise(text: str) -> str:
