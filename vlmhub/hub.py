@@ -65,9 +65,14 @@ def _builder(model_type: str):
 
 
 def convert_in_memory(folder: Path) -> tuple[torch.nn.Module, dict]:
-    """(our model on the meta device, its converted state dict) for a transformers folder; no weights initialised."""
+    """(our model on the meta device, its converted state dict) for a transformers folder; no weights initialised.
+
+    The checkpoint is memory-mapped, not read (`read_state_dict(lazy=True)`): renamed tensors stay views of the files,
+    transforms allocate only their outputs, and transformers' loader takes the views as parameters (copy-on-write, so
+    training them never touches the files) or casts them, as it does for its own checkpoints. Peak memory is about one
+    checkpoint, or what device_map / max_memory keep in CPU memory."""
     hf = read_hf_config(folder)
-    state_dict = read_state_dict(folder)
+    state_dict = read_state_dict(folder, lazy=True)
     with torch.device("meta"):
         model, table, _ = _builder(hf.get("model_type"))(hf, state_dict, folder)
     converted = apply_table(state_dict, table, expected_shapes(model))

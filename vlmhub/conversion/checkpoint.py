@@ -1,4 +1,10 @@
-"""Reading checkpoints of any released format into a flat {name: tensor} dict, without running pickled code."""
+"""Reading checkpoints of any released format into a flat {name: tensor} dict, without running pickled code.
+
+Safetensors files are never copied: safetensors maps each file privately (copy-on-write), so every tensor is a view of
+it, nothing is read until it is used, renaming costs no memory and writing into a tensor never changes the file.
+`read_state_dict(path, lazy=True)` maps torch zip checkpoints the same way (`torch.load(mmap=True)`); other formats
+are read whole.
+"""
 
 import json
 import zipfile
@@ -9,25 +15,29 @@ import torch
 from safetensors.torch import load_file
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A .safetensors / .bin / .pt / .pth / .npz file, a sharded-index .json, or a folder holding one of these."""
+def read_state_dict(path: str | Path, lazy: bool = False) -> dict[str, torch.Tensor]:
+    """A .safetensors / .bin / .pt / .pth / .npz file, a sharded-index .json, or a folder holding one of these.
+
+    lazy: map torch zip files into memory instead of reading them (see the module docstring)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}")
     if path.is_dir():
-        return read_state_dict(_weights_file(path))
+        return read_state_dict(_weights_file(path), lazy)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return load_file(path)
+        return load_file(path)  # safetensors maps the file privately: tensors are views, copy-on-write
     if suffix == ".json":
-        return _read_sharded(path)
+        return _read_sharded(path, lazy)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as arrays:
             return {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
     if _is_torchscript(path):
         return _read_torchscript(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap needs the zip format (torch >= 1.6); older pickles are read whole
+        mmap = lazy and zipfile.is_zipfile(path)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise ValueError(f"Could not read {path} as a torch checkpoint (weights_only=True): {err}") from err
     for wrapper in ("state_dict", "model", "module"):  # training checkpoints nest the weights
@@ -45,11 +55,11 @@ def _weights_file(folder: Path) -> Path:
     raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin (or a sharded index) in {folder}")
 
 
-def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+def _read_sharded(index: Path, lazy: bool = False) -> dict[str, torch.Tensor]:
     weight_map = json.loads(index.read_text())["weight_map"]
     state = {}
     for shard in sorted(set(weight_map.values())):
-        state.update(read_state_dict(index.parent / shard))
+        state.update(read_state_dict(index.parent / shard, lazy))
     return state
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature
@@ -14,7 +15,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin
 from ..geometry.anyres import anyres_num_tokens, fit_within, grid_shape
 from .base import TransformersFormatMixin
 from .clip import VlmhubCLIPImageProcessor
-from .image import BICUBIC, preprocess_image, resize
+from .image import BICUBIC, LevelMap, pixel_planes, preprocess_image, resize, resized_size, write_tiles
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -64,14 +65,56 @@ class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
         if not pinpoints:
             raise ValueError("image_aspect_ratio='anyres' needs image_grid_pinpoints")
         crop = options["crop_size"].height
+        if not crops_pass_unchanged(crop, options) or any(image.mode != "RGB" for image in images):
+            return self._anyres_through_pil(images, pinpoints, crop, return_tensors, **options)
+        plans = [anyres_plan((image.height, image.width), pinpoints, crop) for image in images]
+        levels = LevelMap(options["do_rescale"], options["rescale_factor"], options["do_normalize"],
+                          options["image_mean"], options["image_std"], channels=3)
+        crops = max(1 + rows * cols for (rows, cols), _ in plans)
+        # zeros for unused crops; np.zeros of a large array gets pages the OS has zeroed, written only here
+        pixel_values = np.zeros((len(images), crops, 3, crop, crop), dtype=np.float32)
+        out = torch.from_numpy(pixel_values)  # the same memory
+        for i, (image, (grid, fitted)) in enumerate(zip(images, plans)):
+            write_anyres_crops(out[i], image, grid, fitted, levels)
+        sizes = torch.tensor([[image.height, image.width] for image in images])
+        return BatchFeature(data={"pixel_values": out, "image_sizes": sizes}, tensor_type=return_tensors)
+
+    def _anyres_through_pil(self, images, pinpoints, crop, return_tensors, **options) -> BatchFeature:
+        """The general path: PIL crops, each through the whole CLIP pipeline (resize, centre crop, ...)."""
         crops = [anyres_crops(image, pinpoints, crop) for image in images]
         pixel_values = torch.empty(len(images), max(map(len, crops)), 3, crop, crop)
+        levels = {}  # the level maps of this call, by channel count
         for i, image_crops in enumerate(crops):
             for j, c in enumerate(image_crops):
-                pixel_values[i, j] = preprocess_image(c, out=pixel_values[i, j], **options)
+                pixel_values[i, j] = preprocess_image(c, out=pixel_values[i, j], levels=levels, **options)
             pixel_values[i, len(image_crops):] = 0  # unused crops of images with a smaller grid
         sizes = torch.tensor([[image.height, image.width] for image in images])
         return BatchFeature(data={"pixel_values": pixel_values, "image_sizes": sizes}, tensor_type=return_tensors)
+
+
+def crops_pass_unchanged(crop: int, options: dict) -> bool:
+    """Whether a crop x crop image comes out of the CLIP pipeline's resize and centre crop as it went in, so AnyRes
+    crops can be written straight from the resized image (the usual case: size and crop_size both the crop side)."""
+    if options["do_resize"] and resized_size(crop, crop, options["size"]) != (crop, crop):
+        return False
+    crop_size = options["crop_size"]
+    return not options["do_center_crop"] or (crop_size.height, crop_size.width) == (crop, crop)
+
+
+def anyres_plan(size: tuple[int, int], pinpoints, crop: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((rows, cols) of the best canvas, (height, width) of the image fitted into it)."""
+    rows, cols = grid_shape(size, pinpoints, crop)
+    return (rows, cols), fit_within(size, (rows * crop, cols * crop))
+
+
+def write_anyres_crops(out: torch.Tensor, image: Image.Image, grid: tuple[int, int], fitted: tuple[int, int],
+                       levels: LevelMap) -> None:
+    """out (max_crops, 3, crop, crop) <- [the image squashed to one crop] + the crops of the canvas holding the image
+    fitted and centred on black (`anyres_crops` without building PIL crops); unused crops are left as they are."""
+    crop, (rows, cols), (new_h, new_w) = out.shape[-1], grid, fitted
+    write_tiles(out[:1], pixel_planes(resize(image, (crop, crop), BICUBIC)), (1, 1), (0, 0), levels)
+    offset = ((rows * crop - new_h) // 2, (cols * crop - new_w) // 2)
+    write_tiles(out[1:], pixel_planes(resize(image, fitted, BICUBIC)), grid, offset, levels)
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:

@@ -2,9 +2,9 @@
 
 `VlmhubMllamaImageProcessor` makes the same pixels as transformers' MllamaImageProcessorPil (and Meta's
 VariableSizeImageTransform): geometry from `vlmhub.processing.tiling`, resizing by Pillow. It is faster because it
-never builds a float canvas: each tile is written once, straight into the batch array, through a 256-entry table per
-channel (rescale then normalize of every 8-bit level, so the values are bit-identical to transformers'), and the
-padding is filled with the value of black.
+never builds a float canvas: each tile is written once, straight into the batch array, by `image.write_tiles` through
+a `LevelMap` (values bit-identical to rescale then normalize of every 8-bit level, as transformers computes them), the
+padding with the value of black and absent tiles with zeros.
 
 `VlmhubMllamaProcessor` pairs it with a tokenizer: one `<|image|>` per image in the text, `<|begin_of_text|>` added
 when missing (after leading image tokens, as transformers does), and `cross_attention_mask` (batch, tokens, images,
@@ -27,7 +27,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin, Unpack
 
 from .base import TransformersFormatMixin
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .image import BILINEAR, convert_rgb, load_image, normalize, rescale, to_pil
+from .image import BILINEAR, LevelMap, convert_rgb, load_image, pixel_planes, to_pil, write_tiles
 from .tiling import TilePlan, aspect_ratio_id, plan_tiles
 
 IMAGE_TOKEN = "<|image|>"
@@ -124,8 +124,10 @@ class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
                 raise ValueError(f"sample {row} has {n} images, more than max_images_per_sample={max_images_per_sample};"
                                  f" split it or raise the limit")
         tile, B, I = size.height, len(images), max(counts)
-        table = level_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+        levels = LevelMap(do_rescale, rescale_factor, do_normalize, image_mean, image_std, channels=3)
+        # zeros for absent tiles and images; np.zeros of a large array gets pages the OS has zeroed, written only here
         pixel_values = np.zeros((B, I, max_image_tiles, 3, tile, tile), dtype=np.float32)
+        out = torch.from_numpy(pixel_values)  # the same memory
         ids = np.zeros((B, I), dtype=np.int64)
         mask = np.zeros((B, I, max_image_tiles), dtype=np.int64)
         mask[:, :, 0] = 1  # absent images count as one tile, as transformers and Meta's (1, 1) padding
@@ -133,10 +135,7 @@ class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
         for b, sample in enumerate(images):
             for i, image in enumerate(sample):
                 plan = plan_tiles(image.height, image.width, tile, max_image_tiles)
-                height, width = plan.resized
-                if (image.height, image.width) != plan.resized:
-                    image = image.resize((width, height), resample=resample)
-                write_tiles(pixel_values[b, i], np.asarray(image), plan, table)
+                write_image_tiles(out[b, i], image, plan, resample, levels)
                 ids[b, i] = aspect_ratio_id(plan.grid, max_image_tiles)
                 mask[b, i, : plan.num_tiles] = 1
             num_tiles.append([int(n) for n in mask[b, : len(sample)].sum(-1)])
@@ -146,30 +145,17 @@ class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
         return encoded
 
 
-def level_table(do_rescale, rescale_factor, do_normalize, mean, std) -> np.ndarray:
-    """(3, 256) float32: the value each 8-bit level becomes, computed by the same rescale and normalize as the
-    full-image path (so the output is bit-identical to transformers'); level 0 is the padding's value."""
-    levels = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)  # (3, 1, 256) as a (C, H, W) image
-    values = rescale(levels, rescale_factor) if do_rescale else levels.float()
-    values = normalize(values, mean, std) if do_normalize else values
-    return values[:, 0].contiguous().numpy()
-
-
-def write_tiles(out: np.ndarray, pixels: np.ndarray, plan: TilePlan, table: np.ndarray) -> None:
-    """Cut (h, w, 3) uint8 pixels, pasted top-left on the plan's canvas, into out[:rows*cols] (tiles, 3, t, t),
-    each value looked up in `table` (3, 256); the canvas padding gets the value of black (table[:, 0])."""
-    if pixels.ndim != 3 or pixels.shape[-1] != 3:
-        raise ValueError(f"expected RGB pixels (height, width, 3), got shape {pixels.shape}; keep do_convert_rgb=True")
-    t, (rows, cols) = plan.tile_size, plan.grid
-    for r in range(rows):
-        for c in range(cols):
-            block = pixels[r * t : (r + 1) * t, c * t : (c + 1) * t]  # (bh, bw, 3), empty past the image
-            bh, bw = block.shape[:2]
-            for ch in range(3):
-                dst = out[r * cols + c, ch]  # (t, t)
-                np.take(table[ch], block[..., ch], out=dst[:bh, :bw], mode="clip")  # clip: no index checks
-                dst[bh:] = table[ch, 0]
-                dst[:bh, bw:] = table[ch, 0]
+def write_image_tiles(out: torch.Tensor, image: Image.Image, plan: TilePlan, resample, levels: LevelMap) -> None:
+    """Resize `image` as planned (Pillow, 8-bit), paste it top-left on the plan's black canvas and write the canvas's
+    tiles into out[:num_tiles] (max_tiles, 3, t, t) through `levels`; the tiles after them are left as they are."""
+    height, width = plan.resized
+    if (image.height, image.width) != plan.resized:
+        image = image.resize((width, height), resample=resample)
+    planes = pixel_planes(image)  # C x (h, w) uint8
+    if len(planes) != 3:
+        raise ValueError(f"expected RGB pixels (3 channels), got {len(planes)} (mode {image.mode}); keep "
+                         "do_convert_rgb=True")
+    write_tiles(out, planes, plan.grid, (0, 0), levels)
 
 
 def image_spans(input_ids: list[int], image_token_id: int) -> list[tuple[int, int]]:

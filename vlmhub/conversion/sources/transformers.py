@@ -140,7 +140,7 @@ def convert(input_path, **options):
     build = BUILDERS[model_type]
     if isinstance(build, str):
         build = importlib.import_module(f"{__package__}.{build}").build
-    sd = read_state_dict(folder)
+    sd = read_state_dict(folder, lazy=True)
     model, table, processor = build(hf, sd, folder)
     load_into(model, sd, table)
     return model.eval(), processor
