@@ -70,12 +70,12 @@ class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
         plans = [anyres_plan((image.height, image.width), pinpoints, crop) for image in images]
         levels = LevelMap(options["do_rescale"], options["rescale_factor"], options["do_normalize"],
                           options["image_mean"], options["image_std"], channels=3)
-        crops = max(1 + rows * cols for (rows, cols), _ in plans)
+        crops = max(1 + rows * cols for (rows, cols), _, _ in plans)
         # zeros for unused crops; np.zeros of a large array gets pages the OS has zeroed, written only here
         pixel_values = np.zeros((len(images), crops, 3, crop, crop), dtype=np.float32)
         out = torch.from_numpy(pixel_values)  # the same memory
-        for i, (image, (grid, fitted)) in enumerate(zip(images, plans)):
-            write_anyres_crops(out[i], image, grid, fitted, levels)
+        for i, (image, plan) in enumerate(zip(images, plans)):
+            write_anyres_crops(out[i], image, plan, levels)
         sizes = torch.tensor([[image.height, image.width] for image in images])
         return BatchFeature(data={"pixel_values": out, "image_sizes": sizes}, tensor_type=return_tensors)
 
@@ -101,19 +101,20 @@ def crops_pass_unchanged(crop: int, options: dict) -> bool:
     return not options["do_center_crop"] or (crop_size.height, crop_size.width) == (crop, crop)
 
 
-def anyres_plan(size: tuple[int, int], pinpoints, crop: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((rows, cols) of the best canvas, (height, width) of the image fitted into it)."""
+def anyres_plan(size: tuple[int, int], pinpoints, crop: int) -> tuple[tuple[int, int], ...]:
+    """((rows, cols) of the best canvas, (height, width) of the image fitted into it, (top, left) where the fitted
+    image sits, centred on the canvas)."""
     rows, cols = grid_shape(size, pinpoints, crop)
-    return (rows, cols), fit_within(size, (rows * crop, cols * crop))
+    new_h, new_w = fit_within(size, (rows * crop, cols * crop))
+    return (rows, cols), (new_h, new_w), ((rows * crop - new_h) // 2, (cols * crop - new_w) // 2)
 
 
-def write_anyres_crops(out: torch.Tensor, image: Image.Image, grid: tuple[int, int], fitted: tuple[int, int],
-                       levels: LevelMap) -> None:
+def write_anyres_crops(out: torch.Tensor, image: Image.Image, plan, levels: LevelMap) -> None:
     """out (max_crops, 3, crop, crop) <- [the image squashed to one crop] + the crops of the canvas holding the image
-    fitted and centred on black (`anyres_crops` without building PIL crops); unused crops are left as they are."""
-    crop, (rows, cols), (new_h, new_w) = out.shape[-1], grid, fitted
+    fitted and centred on black (`anyres_crops` without building PIL crops); unused crops are left as they are.
+    `plan`: `anyres_plan` of the image."""
+    crop, (grid, fitted, offset) = out.shape[-1], plan
     write_tiles(out[:1], pixel_planes(resize(image, (crop, crop), BICUBIC)), (1, 1), (0, 0), levels)
-    offset = ((rows * crop - new_h) // 2, (cols * crop - new_w) // 2)
     write_tiles(out[1:], pixel_planes(resize(image, fitted, BICUBIC)), grid, offset, levels)
 
 
@@ -130,12 +131,9 @@ def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
 
 def anyres_crops(image: Image.Image, pinpoints, crop: int) -> list[Image.Image]:
     """[the whole image squashed to crop x crop] + the crops of the best canvas (fitted, centred on black)."""
-    h, w = image.height, image.width
-    rows, cols = grid_shape((h, w), pinpoints, crop)
-    canvas_h, canvas_w = rows * crop, cols * crop
-    new_h, new_w = fit_within((h, w), (canvas_h, canvas_w))
-    canvas = Image.new("RGB", (canvas_w, canvas_h), (0, 0, 0))
-    canvas.paste(resize(image, (new_h, new_w), BICUBIC), ((canvas_w - new_w) // 2, (canvas_h - new_h) // 2))
+    (rows, cols), (new_h, new_w), (top, left) = anyres_plan((image.height, image.width), pinpoints, crop)
+    canvas = Image.new("RGB", (cols * crop, rows * crop), (0, 0, 0))
+    canvas.paste(resize(image, (new_h, new_w), BICUBIC), (left, top))
     grid = [canvas.crop((c * crop, r * crop, (c + 1) * crop, (r + 1) * crop)) for r in range(rows) for c in range(cols)]
     return [resize(image, (crop, crop), BICUBIC)] + grid
 
