@@ -48,3 +48,23 @@ def test_generation_is_a_pure_function_of_the_seed(tmp_path):
     records = json.loads((tmp_path / "a" / "train.json").read_text())
     assert len(records) == 15 and all(r["conversations"][0]["value"].startswith("<image>\n") for r in records)
     assert (tmp_path / "a" / "images" / "train_00004.png").read_bytes() == (tmp_path / "b" / "images" / "train_00004.png").read_bytes()
+
+
+@pytest.mark.parametrize("index", range(0, 400, 7))
+def test_drill_asks_every_question_and_leaks_no_answer(index):
+    shapes, rng = SCENES[index], random.Random(index)
+    turns = scenes.drill(shapes, rng)
+    assert turns[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in turns[1:])
+    qa = [(q["value"].replace("<image>\n", ""), a["value"]) for q, a in zip(turns[0::2], turns[1::2])]
+    kinds = [q.split()[0] + " " + q.split()[1] for q, _ in qa]
+    nameable = sum(sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1 for s in shapes)
+    assert kinds.count("What colour") == nameable and kinds.count("How many") == 1 and kinds.count("Is there") == 2
+    assert sorted(a for q, a in qa if q.startswith("Is there")) == ["no", "yes"]
+    for k, (question, answer) in enumerate(qa[1:], 1):  # after the random first turn, no earlier turn gives it away
+        earlier = " ".join(q + " " + a for q, a in qa[1:k])
+        if question.startswith("What colour"):
+            assert f"{answer} {question.rstrip('?').split()[-1]}" not in earlier, (question, earlier)
+        if question.startswith("Is there"):
+            colour = question.split()[3]
+            assert colour not in " ".join(q + " " + a for q, a in qa[1:k] if not q.startswith("Is there")), (question, earlier)
+    assert scenes.drill(shapes, random.Random(index)) == turns

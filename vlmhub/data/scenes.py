@@ -107,6 +107,36 @@ def questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
     return qa
 
 
+def drill(shapes: list[Shape], rng: random.Random, most_pairs: int = 3) -> list[dict]:
+    """One multi-turn conversation asking every well-posed question of the scene: two yes/no colour probes (one
+    present, one absent), the count, the colour of every shape the words pick out alone, the far-left shape and up to
+    `most_pairs` left/right pairs. Training data for small models, which learn the lookups from many questions per
+    image.
+
+    No answer can be read off an earlier turn: colour questions come after the probes (whose questions name colours)
+    and before the left/right questions (which name colour and shape); one question, drawn at random, goes first."""
+    colours = {s.colour for s in shapes}
+    probes = [f"Is there a {c} shape?" for c in (rng.choice(shapes).colour, rng.choice([c for c in COLOURS if c not in colours]))]
+    first = [(q, "yes" if q.split()[3] in colours else "no") for q in probes] + [("How many shapes are there?", NUMBERS[len(shapes)])]
+    named = [(s, s.shape if sum(t.shape == s.shape for t in shapes) == 1 else f"{s.size} {s.shape}") for s in shapes
+             if sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1]
+    colour = [(f"What colour is the {name}?", s.colour) for s, name in named]
+    where = [("Which shape is on the far left?", f"the {shapes[0].colour} {shapes[0].shape}")] \
+        if len(shapes) > 1 and shapes[1].x - shapes[0].x >= MARGIN else []
+    pairs = [(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1:] if b.x - a.x >= MARGIN]
+    for a, b in rng.sample(pairs, min(most_pairs, len(pairs))):
+        a, b = (a, b) if rng.random() < 0.5 else (b, a)
+        where.append((f"Is the {a.colour} {a.shape} left of the {b.colour} {b.shape}?", "yes" if a.x < b.x else "no"))
+    for group in (first, colour, where):
+        rng.shuffle(group)
+    qa = first + colour + where
+    qa.insert(0, qa.pop(rng.randrange(len(qa))))
+    turns = []
+    for i, (question, answer) in enumerate(qa):
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + question}, {"from": "gpt", "value": answer}]
+    return turns
+
+
 def conversations(shapes: list[Shape], rng: random.Random) -> list[dict]:
     """Three LLaVA-style records' conversations: detailed description, one reasoning Q&A, a multi-turn chat."""
     qa = questions(shapes, rng)

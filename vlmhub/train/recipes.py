@@ -9,6 +9,7 @@ processor, the evaluation and a model card.
 
 import argparse
 import json
+import random
 import re
 import tempfile
 import time
@@ -109,8 +110,30 @@ def copy_vision_tower(llava_folder: Path, clip_folder: Path) -> None:
     llava.save_pretrained(llava_folder)
 
 
+def write_training_records(data: Path, kind: str, seed: int) -> Path:
+    """The records a recipe trains on, written next to a generated train.json:
+    - "qa": the split's Q&A and multi-turn records (descriptions are long: Q&A trains faster), about two answers each;
+    - "drills": one conversation per image asking every question of its scene (`scenes.drill`), about seven answers
+      each. A small language model learns a lookup such as "What colour is the square?" only after tens of thousands
+      of examples of it: a text-only 3-layer Llama reading the objects as words, trained on that question alone at
+      lr 5e-4, began to learn it after about 25,000 and answered 89% after 48,000."""
+    if kind == "qa":
+        records = [r for r in json.loads((data / "train.json").read_text()) if not r["id"].endswith("-0")]
+        (data / "qa.json").write_text(json.dumps(records))
+        return data / "qa.json"
+    first = {}
+    for record in json.loads((data / "train.json").read_text()):
+        first.setdefault(record["image"], record)
+    rng = random.Random(seed)
+    drills = [{"id": f"drill-{i}", "image": r["image"], "conversations": scenes.drill([scenes.Shape(**o) for o in r["objects"]], rng)}
+              for i, r in enumerate(first.values())]
+    (data / "drills.json").write_text(json.dumps(drills))
+    return data / "drills.json"
+
+
 def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: int, test_images: int, seed: int,
-              vision_from: Path | None = None, start_from: Path | None = None, train_seed: int | None = None) -> dict:
+              vision_from: Path | None = None, start_from: Path | None = None, train_seed: int | None = None,
+              data: str = "qa") -> dict:
     """Train a small LLaVA on fresh scenes (seed) and evaluate it on a split drawn with seed + 777. `start_from`
     continues an already trained LLaVA (a second stage) instead of the untrained one."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -119,21 +142,19 @@ def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: i
 
     work = Path(tempfile.mkdtemp(prefix="vlmhub-recipe-"))
     scenes.generate(work / "data", train=train_images, test=0, size=IMAGE_SIZE, seed=seed)
-    records = json.loads((work / "data" / "train.json").read_text())
-    questions_only = [r for r in records if not r["id"].endswith("-0")]  # descriptions are long: Q&A trains faster
-    (work / "data" / "qa.json").write_text(json.dumps(questions_only))
+    records = write_training_records(work / "data", data, seed)
     scenes.generate(work / "heldout", train=0, test=test_images, size=IMAGE_SIZE, seed=seed + 777)  # a fresh seed
     initial = llava_initial(work / "initial", seed)
     if vision_from:
         copy_vision_tower(initial, vision_from)
     untrained = evaluate(AutoModelForImageTextToText.from_pretrained(initial), AutoProcessor.from_pretrained(initial), work / "heldout", 200)
     start = time.perf_counter()
-    finetune(["train", "--model", str(start_from or initial), "--data", str(work / "data" / "qa.json"), "--image-folder",
+    finetune(["train", "--model", str(start_from or initial), "--data", str(records), "--image-folder",
               str(work / "data" / "images"), "--output", str(out), "--stage", "full", "--steps", str(steps),
               "--batch-size", str(batch_size), "--lr", str(lr), "--warmup", str(steps // 20), "--seed", str(seed if train_seed is None else train_seed)])
     minutes = (time.perf_counter() - start) / 60
     trained = evaluate(AutoModelForImageTextToText.from_pretrained(out), AutoProcessor.from_pretrained(out), work / "heldout")
-    report = {"recipe": "llava", "vision_from": str(vision_from) if vision_from else None,
+    report = {"recipe": "llava", "data": data, "vision_from": str(vision_from) if vision_from else None,
               "start_from": str(start_from) if start_from else None, "steps": steps, "batch_size": batch_size, "lr": lr, "train_images": train_images,
               "seed": seed, "heldout_seed": seed + 777, "train_minutes": round(minutes, 2), "trained": trained, "untrained": untrained}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1))
@@ -153,6 +174,10 @@ def main(argv=None):
     p.add_argument("--vision-from", type=Path, help="llava: start the image tower from this CLIP (the clip recipe's output)")
     p.add_argument("--start-from", type=Path, help="llava: continue training this LLaVA (an earlier run's output)")
     p.add_argument("--train-seed", type=int, help="seed of the training run (data order, init); default --seed")
+    p.add_argument("--data", choices=["qa", "drills"], default="qa",
+                   help="llava: the split's Q&A records, or one drill per image asking every question (2x2 pooling, lr 1e-3: "
+                        "4500 drill steps give 73.8%% held-out, colour 79%%; 8000 qa steps 72.3%%, colour 71%%; a drill step "
+                        "costs about three qa steps)")
     a = p.parse_args(argv)
     a.steps = a.steps or (9000 if a.recipe == "clip" else 4500)
     a.lr = a.lr or (2e-3 if a.recipe == "clip" else 1e-3)
@@ -160,7 +185,7 @@ def main(argv=None):
         report = run_clip(Path(a.out), a.steps, a.batch_size, a.lr, a.seed)
     else:
         report = run_llava(Path(a.out), a.steps, a.batch_size, a.lr, a.train_images, a.test_images, a.seed, a.vision_from,
-                           a.start_from, a.train_seed)
+                           a.start_from, a.train_seed, a.data)
     print(json.dumps(report, indent=1))
 
 
@@ -188,8 +213,6 @@ def clip_initial(folder: Path, seed: int = 0) -> Path:
 def evaluate_clip(model, processor, size: int = IMAGE_SIZE, count: int = 300, seed: int = 777) -> dict:
     """Zero-shot accuracy on fresh one-shape scenes: the right one of the 18 '<colour> <shape>' labels, and the
     colour alone among the 6 colours."""
-    import random
-
     from ..tasks import zero_shot_classify
 
     rng = random.Random(seed)
@@ -207,8 +230,6 @@ def evaluate_clip(model, processor, size: int = IMAGE_SIZE, count: int = 300, se
 
 def run_clip(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
     """Contrastive training on fresh scenes every step (images drawn on the fly, captions from their objects)."""
-    import random
-
     from transformers import AutoModel, AutoProcessor, get_scheduler
 
     work = Path(tempfile.mkdtemp(prefix="vlmhub-clip-"))
