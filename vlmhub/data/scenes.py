@@ -82,17 +82,23 @@ def description(shapes: list[Shape]) -> str:
     return caption(shapes) + " From left to right, " + "; ".join(parts) + "."
 
 
+def names(shapes: list[Shape]) -> dict[Shape, str]:
+    """The shapes the words pick out alone, each with its words: "square" if it is the only square, else "small square"
+    if it is the only small square (a shape that shares both shape and size with another has no name)."""
+    return {s: s.shape if sum(t.shape == s.shape for t in shapes) == 1 else f"{s.size} {s.shape}"
+            for s in shapes if sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1}
+
+
 def questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
     """(question, answer) pairs a reader of the image can answer: colour, count, left of, yes/no.
 
     Only well-posed questions: a colour question names a shape the words pick out alone, and left/right questions
     are asked only of shapes at least MARGIN apart horizontally."""
     qa = []
-    named = {s: f"the {s.shape}" if sum(t.shape == s.shape for t in shapes) == 1 else f"the {s.size} {s.shape}"
-             for s in shapes if sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1}
+    named = names(shapes)
     if named:
         s = rng.choice(list(named))
-        qa.append((f"What colour is {named[s]}?", s.colour))
+        qa.append((f"What colour is the {named[s]}?", s.colour))
     qa.append(("How many shapes are there?", NUMBERS[len(shapes)]))
     present = rng.choice(shapes).colour
     absent = rng.choice([c for c in COLOURS if c not in {t.colour for t in shapes}] or ["white"])
@@ -118,9 +124,7 @@ def drill(shapes: list[Shape], rng: random.Random, most_pairs: int = 3) -> list[
     colours = {s.colour for s in shapes}
     probes = [f"Is there a {c} shape?" for c in (rng.choice(shapes).colour, rng.choice([c for c in COLOURS if c not in colours]))]
     first = [(q, "yes" if q.split()[3] in colours else "no") for q in probes] + [("How many shapes are there?", NUMBERS[len(shapes)])]
-    named = [(s, s.shape if sum(t.shape == s.shape for t in shapes) == 1 else f"{s.size} {s.shape}") for s in shapes
-             if sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1]
-    colour = [(f"What colour is the {name}?", s.colour) for s, name in named]
+    colour = [(f"What colour is the {name}?", s.colour) for s, name in names(shapes).items()]
     where = [("Which shape is on the far left?", f"the {shapes[0].colour} {shapes[0].shape}")] \
         if len(shapes) > 1 and shapes[1].x - shapes[0].x >= MARGIN else []
     pairs = [(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1:] if b.x - a.x >= MARGIN]
