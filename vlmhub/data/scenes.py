@@ -119,8 +119,9 @@ def drill(shapes: list[Shape], rng: random.Random, most_pairs: int = 3) -> list[
     `most_pairs` left/right pairs. Training data for small models, which learn the lookups from many questions per
     image.
 
-    No answer can be read off an earlier turn: colour questions come after the probes (whose questions name colours)
-    and before the left/right questions (which name colour and shape); one question, drawn at random, goes first."""
+    After the first turn (one question drawn at random, so that any kind can open a chat) no answer can be read off an
+    earlier turn: colour questions come after the probes (which name colours alone) and before the far-left and
+    left/right questions (which name colour and shape together)."""
     colours = {s.colour for s in shapes}
     probes = [f"Is there a {c} shape?" for c in (rng.choice(shapes).colour, rng.choice([c for c in COLOURS if c not in colours]))]
     first = [(q, "yes" if q.split()[3] in colours else "no") for q in probes] + [("How many shapes are there?", NUMBERS[len(shapes)])]
