@@ -89,6 +89,34 @@ def names(shapes: list[Shape]) -> dict[Shape, str]:
             for s in shapes if sum((t.shape, t.size) == (s.shape, s.size) for t in shapes) == 1}
 
 
+def probe_colours(shapes: list[Shape], rng: random.Random) -> tuple[str, str]:
+    """A colour in the scene and one that is not, for "Is there a ... shape?"."""
+    return rng.choice(shapes).colour, rng.choice([c for c in COLOURS if c not in {t.colour for t in shapes}] or ["white"])
+
+
+def exists(colour: str, shapes: list[Shape]) -> tuple[str, str]:
+    return f"Is there a {colour} shape?", "yes" if any(s.colour == colour for s in shapes) else "no"
+
+
+def left_of(a: Shape, b: Shape) -> tuple[str, str]:
+    return f"Is the {a.colour} {a.shape} left of the {b.colour} {b.shape}?", "yes" if a.x < b.x else "no"
+
+
+def far_left(shapes: list[Shape]) -> list[tuple[str, str]]:
+    """The far-left question, when it is well posed (shapes sorted left to right, the first two MARGIN apart)."""
+    if len(shapes) > 1 and shapes[1].x - shapes[0].x >= MARGIN:
+        return [("Which shape is on the far left?", f"the {shapes[0].colour} {shapes[0].shape}")]
+    return []
+
+
+def chat_turns(qa: list[tuple[str, str]]) -> list[dict]:
+    """LLaVA conversation turns for (question, answer) pairs, the image placeholder on the first question."""
+    turns = []
+    for i, (question, answer) in enumerate(qa):
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + question}, {"from": "gpt", "value": answer}]
+    return turns
+
+
 def questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
     """(question, answer) pairs a reader of the image can answer: colour, count, left of, yes/no.
 
@@ -100,17 +128,11 @@ def questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
         s = rng.choice(list(named))
         qa.append((f"What colour is the {named[s]}?", s.colour))
     qa.append(("How many shapes are there?", NUMBERS[len(shapes)]))
-    present = rng.choice(shapes).colour
-    absent = rng.choice([c for c in COLOURS if c not in {t.colour for t in shapes}] or ["white"])
-    probe = rng.choice([present, absent])
-    qa.append((f"Is there a {probe} shape?", "yes" if probe == present else "no"))
+    qa.append(exists(rng.choice(probe_colours(shapes, rng)), shapes))
     pairs = [(a, b) for a in shapes for b in shapes if a is not b and abs(a.x - b.x) >= MARGIN]
     if pairs:
-        a, b = rng.choice(pairs)
-        qa.append((f"Is the {a.colour} {a.shape} left of the {b.colour} {b.shape}?", "yes" if a.x < b.x else "no"))
-    if len(shapes) > 1 and shapes[1].x - shapes[0].x >= MARGIN:
-        qa.append(("Which shape is on the far left?", f"the {shapes[0].colour} {shapes[0].shape}"))
-    return qa
+        qa.append(left_of(*rng.choice(pairs)))
+    return qa + far_left(shapes)
 
 
 def drill(shapes: list[Shape], rng: random.Random, most_pairs: int = 3) -> list[dict]:
@@ -122,38 +144,25 @@ def drill(shapes: list[Shape], rng: random.Random, most_pairs: int = 3) -> list[
     After the first turn (one question drawn at random, so that any kind can open a chat) no answer can be read off an
     earlier turn: colour questions come after the probes (which name colours alone) and before the far-left and
     left/right questions (which name colour and shape together)."""
-    colours = {s.colour for s in shapes}
-    probes = [f"Is there a {c} shape?" for c in (rng.choice(shapes).colour, rng.choice([c for c in COLOURS if c not in colours]))]
-    first = [(q, "yes" if q.split()[3] in colours else "no") for q in probes] + [("How many shapes are there?", NUMBERS[len(shapes)])]
+    first = [exists(c, shapes) for c in probe_colours(shapes, rng)] + [("How many shapes are there?", NUMBERS[len(shapes)])]
     colour = [(f"What colour is the {name}?", s.colour) for s, name in names(shapes).items()]
-    where = [("Which shape is on the far left?", f"the {shapes[0].colour} {shapes[0].shape}")] \
-        if len(shapes) > 1 and shapes[1].x - shapes[0].x >= MARGIN else []
+    where = far_left(shapes)
     pairs = [(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1:] if b.x - a.x >= MARGIN]
     for a, b in rng.sample(pairs, min(most_pairs, len(pairs))):
-        a, b = (a, b) if rng.random() < 0.5 else (b, a)
-        where.append((f"Is the {a.colour} {a.shape} left of the {b.colour} {b.shape}?", "yes" if a.x < b.x else "no"))
+        where.append(left_of(a, b) if rng.random() < 0.5 else left_of(b, a))
     for group in (first, colour, where):
         rng.shuffle(group)
     qa = first + colour + where
     qa.insert(0, qa.pop(rng.randrange(len(qa))))
-    turns = []
-    for i, (question, answer) in enumerate(qa):
-        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + question}, {"from": "gpt", "value": answer}]
-    return turns
+    return chat_turns(qa)
 
 
 def conversations(shapes: list[Shape], rng: random.Random) -> list[dict]:
     """Three LLaVA-style records' conversations: detailed description, one reasoning Q&A, a multi-turn chat."""
     qa = questions(shapes, rng)
-    q, a = rng.choice(qa)
-    chat = []
-    for i, (question, answer) in enumerate(rng.sample(qa, min(3, len(qa)))):
-        chat += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + question}, {"from": "gpt", "value": answer}]
-    return [
-        [{"from": "human", "value": "<image>\nDescribe the image in detail."}, {"from": "gpt", "value": description(shapes)}],
-        [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}],
-        chat,
-    ]
+    one = rng.choice(qa)
+    return [chat_turns([("Describe the image in detail.", description(shapes))]), chat_turns([one]),
+            chat_turns(rng.sample(qa, min(3, len(qa))))]
 
 
 def generate(out: str | Path, train: int = 1000, test: int = 100, size: int = 64, seed: int = 0) -> dict:

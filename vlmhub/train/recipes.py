@@ -117,18 +117,17 @@ def write_training_records(data: Path, kind: str, seed: int) -> Path:
       each. A small language model learns a lookup such as "What colour is the square?" only after tens of thousands
       of examples of it: a text-only 3-layer Llama reading the objects as words, trained on that question alone at
       lr 5e-4, began to learn it after about 25,000 and answered 89% after 48,000."""
+    records = json.loads((data / "train.json").read_text())
     if kind == "qa":
-        records = [r for r in json.loads((data / "train.json").read_text()) if not r["id"].endswith("-0")]
-        (data / "qa.json").write_text(json.dumps(records))
-        return data / "qa.json"
-    first = {}
-    for record in json.loads((data / "train.json").read_text()):
-        first.setdefault(record["image"], record)
-    rng = random.Random(seed)
-    drills = [{"id": f"drill-{i}", "image": r["image"], "conversations": scenes.drill([scenes.Shape(**o) for o in r["objects"]], rng)}
-              for i, r in enumerate(first.values())]
-    (data / "drills.json").write_text(json.dumps(drills))
-    return data / "drills.json"
+        chosen = [r for r in records if not r["id"].endswith("-0")]
+    else:
+        scenes_by_image = {r["image"]: r["objects"] for r in records}  # every record of an image holds its objects
+        rng = random.Random(seed)
+        chosen = [{"id": f"drill-{i}", "image": image, "conversations": scenes.drill([scenes.Shape(**o) for o in objects], rng)}
+                  for i, (image, objects) in enumerate(scenes_by_image.items())]
+    path = data / f"{kind}.json"
+    path.write_text(json.dumps(chosen))
+    return path
 
 
 def run_llava(out: Path, steps: int, batch_size: int, lr: float, train_images: int, test_images: int, seed: int,
