@@ -50,7 +50,11 @@ def with_changes(folder: Path, changes: dict):
     return AutoModelForImageTextToText.from_pretrained(folder, **changes).eval(), AutoProcessor.from_pretrained(folder, **changes)
 
 
-def visual_tokens(processor, image) -> int:
+def visual_tokens(model, processor, image) -> int:
+    """Vectors one image becomes for the language model: its image tokens in the prompt (soft-prompt families), or the
+    Perceiver latents the gated cross-attention reads (Flamingo keeps one <image> token in the text)."""
+    if model.config.model_type == "vlmhub_flamingo":
+        return model.config.num_latents
     ids = processor(images=[image], text=prompt(processor, "How many shapes are there?"), return_tensors="pt")["input_ids"][0]
     return int((ids == processor.image_token_id).sum())
 
@@ -84,7 +88,7 @@ def measure(images: int) -> list[dict]:
     for (name, variant), (model, processor) in loaded.items():
         prefill, decode = timed[name, variant]
         rows.append({"model": name, "connector": connector[name, variant], "compression": variant,
-                     "visual_tokens": visual_tokens(processor, image),
+                     "visual_tokens": visual_tokens(model, processor, image),
                      "parameters": sum(p.numel() for p in model.parameters()), "prefill_ms": prefill * 1e3,
                      "decode_tokens_per_s": decode, **evaluate(model, processor, work)})
         print(json.dumps(rows[-1]))

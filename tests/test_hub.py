@@ -304,3 +304,13 @@ def test_mllama_processor_from_a_transformers_folder(tmp_path):
     for key in ("input_ids", "attention_mask", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"):
         assert torch.equal(a[key], b[key]), key
     assert max_diff(a["pixel_values"], b["pixel_values"]) <= 1e-6
+
+
+def test_model_cards_count_what_a_resampling_connector_gives_the_language_model():
+    blip2 = vlmhub.VlmhubBlip2Config(vision_config=TINY_VISION, qformer_config=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, num_query_tokens=5), text_config=LLAVA_TEXT)
+    assert hub.VISUAL_TOKENS[blip2.model_type](blip2).startswith("5 (the Q-Former's learned queries, from the tower's 17 tokens")
+    assert dict(hub._tower_facts(blip2))["Config `qformer_config`"] == "vlmhub_qformer, 1 layers, width 32"  # no text path
+    flamingo = vlmhub.VlmhubFlamingoConfig(vision_config=TINY_VISION, text_config=LLAVA_TEXT, num_latents=7, media_token_id=3, cross_attn_every_n_layers=1,
+                                           eoc_token_id=4)
+    assert hub.VISUAL_TOKENS[flamingo.model_type](flamingo).startswith("7 (Perceiver latents")

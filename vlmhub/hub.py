@@ -334,8 +334,21 @@ def _llava_tokens(config) -> str:
             f"{len(pinpoints)} canvases{tome})")
 
 
+def _resampled_tokens(count: int, how: str):
+    def words(config) -> str:
+        return f"{count(config)} ({how}, from the tower's {_tower_tokens(config).split()[0]} tokens)"
+    return words
+
+
 # our model_type -> config -> visual tokens per image, in words. Default: the vision tower's tokens.
-VISUAL_TOKENS = {"vlmhub_llava": _llava_tokens}
+VISUAL_TOKENS = {
+    "vlmhub_llava": _llava_tokens,
+    "vlmhub_blip2": _resampled_tokens(lambda c: c.num_query_tokens, "the Q-Former's learned queries"),
+    "vlmhub_minigpt4": _resampled_tokens(lambda c: c.num_image_tokens, "the connector's output, as soft prompt"),
+    "vlmhub_mplug_owl": _resampled_tokens(lambda c: c.num_image_tokens, "the abstractor's learned queries and vit_eos"),
+    "vlmhub_flamingo": lambda c: (f"{c.num_latents} (Perceiver latents from the tower's patch tokens, read by the gated "
+                                  "cross-attention; the text keeps one <image> token)"),
+}
 
 
 def _weight_sizes(folder: Path) -> dict[str, int]:
@@ -373,7 +386,8 @@ def _tower_facts(config) -> list[tuple[str, str]]:
             continue
         parts = [f"{sub.model_type}", f"{getattr(sub, 'num_hidden_layers', '?')} layers", f"width {sub.hidden_size}"]
         parts += [f"{sub.image_size} px, patch {sub.patch_size}"] if hasattr(sub, "image_size") else []
-        parts += [f"vocabulary {sub.vocab_size}"] if getattr(sub, "vocab_size", None) else []
+        if getattr(sub, "vocab_size", None) and getattr(sub, "use_text_input", True):  # a stage-2 Q-Former reads no text
+            parts.append(f"vocabulary {sub.vocab_size}")
         facts.append((f"Config `{key or 'main'}`", ", ".join(parts)))
     return facts
 

@@ -170,3 +170,14 @@ def test_scene_examples_are_reproducible(tmp_path):
     first, second = chat.scene_examples(tmp_path / "a"), chat.scene_examples(tmp_path / "b")
     assert [(q, a) for _, q, a in first] == [(q, a) for _, q, a in second]
     assert all(open(p, "rb").read() == open(q, "rb").read() for (p, *_), (q, *_) in zip(first, second))
+
+
+@pytest.mark.skipif(not HAS_DEFAULTS, reason="vlmhub has no load_default")
+@pytest.mark.parametrize("name", ["blip2", "flamingo"])
+def test_resampling_defaults_answer_and_count_their_latents(tmp_path, name):
+    cache = chat.ModelCache({name: lambda: chat.load_default(name)})
+    path, question, _ = chat.scene_examples(tmp_path)[0]
+    turns = list(chat.answer(cache, name, [], {"text": question, "files": [path]}, chat.Settings(max_new_tokens=8)))
+    text, info = turns[-1]
+    assert text.strip() and not text.startswith(chat.ERROR_MARK)
+    assert "| visual tokens (current image) | 16 |" in info  # Q-Former queries / Perceiver latents, not the <image> token

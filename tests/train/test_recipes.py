@@ -1,8 +1,13 @@
-"""The default-model recipes' training records, and a two-step LLaVA recipe run end to end."""
+"""The default-model recipes' training records; the LLaVA, BLIP-2 and Flamingo recipes' models start from the CLIP's
+tower 1:1 and run end to end (two steps)."""
 
 import json
 
 import pytest
+import torch
+from transformers import AutoModel, AutoModelForImageTextToText
+
+import vlmhub  # noqa: F401  (registers the Auto classes)
 
 from vlmhub.data import scenes
 from vlmhub.train import recipes
@@ -41,3 +46,28 @@ def test_llava_recipe_trains_on_drills_and_reports(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert report["data"] == "drills" and report["steps"] == 2 and 0.0 <= report["trained"]["accuracy"] <= 1.0
     assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "tokenizer.json").exists()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return recipes.clip_initial(tmp_path_factory.mktemp("clip"), seed=3)
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes.GENERATIVE))
+def test_generative_recipes_start_from_the_clip_tower(recipe, clip, tmp_path):
+    build, tower = recipes.GENERATIVE[recipe]
+    folder = build(tmp_path / recipe)
+    recipes.copy_vision_tower(folder, clip, tower)
+    got = AutoModelForImageTextToText.from_pretrained(folder).get_submodule(tower).state_dict()
+    want = AutoModel.from_pretrained(clip).vision_model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("recipe", ["blip2", "flamingo"])
+def test_resampling_recipes_run_and_report(recipe, tmp_path):
+    recipes.main([recipe, "--out", str(tmp_path / "out"), "--steps", "2", "--batch-size", "2", "--train-images", "3",
+                  "--test-images", "1"])
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert report["recipe"] == recipe and report["steps"] == 2 and 0.0 <= report["trained"]["accuracy"] <= 1.0
+    config = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").config
+    assert config.model_type == f"vlmhub_{recipe}"
