@@ -252,8 +252,7 @@ def clip_initial(folder: Path, seed: int = 0) -> Path:
     tokenizer = vocab.build_tokenizer(wrap=True)
     image_processor = vlmhub.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     config = vlmhub.CLIPConfig(
-        vision_config=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=IMAGE_SIZE, patch_size=8, hidden_act="gelu"),
+        vision_config=TOWER,
         text_config=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, vocab_size=len(tokenizer),
                          max_position_embeddings=48, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id),
