@@ -1,6 +1,6 @@
 """The connector design guide, measured: the embedded default models and their visual-token compression variants.
 
-    python benchmarks/connectors.py [--images 100] [--readme README.md]
+    python benchmarks/connectors.py [--images 300] [--readme README.md]
 
 For every shipped generative default (vlmhub/defaults/) and each compression variant that applies to it (LLaVA: 2x2
 spatial pooling, ToMe merging of half the tokens, both switched on in the config of the trained model, without
@@ -122,7 +122,7 @@ def write_readme(readme: Path, text: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=100, help="held-out scenes to evaluate on")
+    p.add_argument("--images", type=int, default=300, help="held-out scenes to evaluate on (300: about 1200 questions)")
     p.add_argument("--readme", type=Path, help="write the table into this README (between the markers)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
