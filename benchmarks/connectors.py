@@ -24,6 +24,7 @@ from compression import timings  # noqa: E402
 
 from vlmhub import defaults  # noqa: E402
 from vlmhub.data import scenes  # noqa: E402
+from vlmhub.tasks import cross_attention_tokens  # noqa: E402
 from vlmhub.train.recipes import IMAGE_SIZE, QUESTION_TYPES, evaluate, prompt  # noqa: E402
 
 HELDOUT_SEED = 4242  # no recipe trains or evaluates on it
@@ -51,12 +52,11 @@ def with_changes(folder: Path, changes: dict):
 
 
 def visual_tokens(model, processor, image) -> int:
-    """Vectors one image becomes for the language model: its image tokens in the prompt (soft-prompt families), or the
-    Perceiver latents the gated cross-attention reads (Flamingo keeps one <image> token in the text)."""
-    if model.config.model_type == "vlmhub_flamingo":
-        return model.config.num_latents
-    ids = processor(images=[image], text=prompt(processor, "How many shapes are there?"), return_tensors="pt")["input_ids"][0]
-    return int((ids == processor.image_token_id).sum())
+    """Vectors one image becomes for the language model: its image tokens in the prompt (soft-prompt families), or what
+    the gated cross-attention reads (Flamingo, Mllama)."""
+    inputs = processor(images=[image], text=prompt(processor, "How many shapes are there?"), return_tensors="pt")
+    read = cross_attention_tokens(model.config, inputs)
+    return read if read is not None else int((inputs["input_ids"][0] == processor.image_token_id).sum())
 
 
 def speeds(loaded: dict, image, repeats: int = 20, new_tokens: int = 16) -> dict:

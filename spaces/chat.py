@@ -272,15 +272,17 @@ def stream_answer(loaded: Loaded, inputs: dict, settings: Settings, stop: thread
 
 
 def visual_tokens(loaded: Loaded, image: Image.Image | None, inputs: dict | None = None) -> int | None:
-    """How many visual tokens the language model sees for `image`: the processor's own count where it has one,
-    else the query tokens of a Q-Former family, else the Perceiver latents of a Flamingo, else the image tokens in
-    the prompt of a one-image input."""
+    """How many visual tokens the language model sees for `image`: what the gated cross-attention reads (Flamingo,
+    Mllama), else the processor's own count where it has one, else the query tokens of a Q-Former family, else the
+    image tokens in the prompt of a one-image input."""
+    from vlmhub.tasks import cross_attention_tokens
+
     if image is None:
         return None
     p = loaded.processor
-    latents = getattr(loaded.model.config, "num_latents", None)  # Flamingo: the cross-attention reads these
-    if isinstance(latents, int):
-        return latents
+    read = cross_attention_tokens(loaded.model.config, inputs) if inputs is not None else None
+    if read is not None:
+        return read
     count = getattr(p, "num_image_tokens", None)
     if callable(count):
         return int(count((image.height, image.width)))

@@ -306,7 +306,7 @@ def test_mllama_processor_from_a_transformers_folder(tmp_path):
     assert max_diff(a["pixel_values"], b["pixel_values"]) <= 1e-6
 
 
-def test_model_cards_count_what_a_resampling_connector_gives_the_language_model():
+def test_model_cards_count_what_the_connector_gives_the_language_model():
     blip2 = vlmhub.VlmhubBlip2Config(vision_config=TINY_VISION, qformer_config=dict(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, num_query_tokens=5), text_config=LLAVA_TEXT)
     assert hub.VISUAL_TOKENS[blip2.model_type](blip2).startswith("5 (the Q-Former's learned queries, from the tower's 17 tokens")
@@ -314,3 +314,6 @@ def test_model_cards_count_what_a_resampling_connector_gives_the_language_model(
     flamingo = vlmhub.VlmhubFlamingoConfig(vision_config=TINY_VISION, text_config=LLAVA_TEXT, num_latents=7, media_token_id=3, cross_attn_every_n_layers=1,
                                            eoc_token_id=4)
     assert hub.VISUAL_TOKENS[flamingo.model_type](flamingo).startswith("7 (Perceiver latents")
+    mllama = vlmhub.VlmhubMllamaConfig(vision_config=TINY_VISION | dict(num_global_layers=1, max_num_tiles=4, intermediate_layers_indices=[0]),
+                                       text_config=LLAVA_TEXT, cross_attention_layers=[1], image_token_index=LLAVA_TEXT["vocab_size"])
+    assert hub.VISUAL_TOKENS[mllama.model_type](mllama).startswith("17 per tile, up to 4 tiles (16 patches of 4 px")

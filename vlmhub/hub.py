@@ -348,6 +348,10 @@ VISUAL_TOKENS = {
     "vlmhub_mplug_owl": _resampled_tokens(lambda c: c.num_image_tokens, "the abstractor's learned queries and vit_eos"),
     "vlmhub_flamingo": lambda c: (f"{c.num_latents} (Perceiver latents from the tower's patch tokens, read by the gated "
                                   "cross-attention; the text keeps one <image> token)"),
+    "vlmhub_mllama": lambda c: (f"{c.vision_config.num_positions} per tile, up to {c.vision_config.max_num_tiles} tiles "
+                                f"({c.vision_config.num_positions - 1} patches of {c.vision_config.patch_size} px and the class "
+                                f"token per {c.vision_config.image_size} px tile; read by the gated cross-attention, the text "
+                                "keeps one <|image|> token)"),
 }
 
 

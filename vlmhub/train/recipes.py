@@ -1,6 +1,7 @@
 """Recipes for the embedded default models: a small model trained from scratch on the synthetic scenes, on CPU.
 
     python -m vlmhub.train.recipes {llava,blip2,flamingo} --out vlmhub/defaults/<recipe> --vision-from <clip> [--steps N]
+    python -m vlmhub.train.recipes mllama --out vlmhub/defaults/mllama     # its tiled tower trains from scratch
     python -m vlmhub.train.recipes clip --out <clip> --batch-size 32
 
 Each recipe makes its data (seeded), builds the model, trains it with the fine-tune pipeline, evaluates exact-match
@@ -105,8 +106,10 @@ def flamingo_initial(folder: Path, seed: int = 0) -> Path:
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<|endofchunk|>"]})
     processor = VlmhubFlamingoProcessor(VlmhubFlamingoImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                                                      crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}), tokenizer)
+    # answers end with <|endofchunk|> in open_flamingo's prompt format: generation stops there
+    text = language_model_config(tokenizer, eos_token_id=processor.end_of_chunk_token_id)
     config = vlmhub.VlmhubFlamingoConfig(
-        vision_config=TOWER | CLIP_LAYOUT, text_config=language_model_config(tokenizer), cross_attn_every_n_layers=1,
+        vision_config=TOWER | CLIP_LAYOUT, text_config=text, cross_attn_every_n_layers=1,
         cross_attn_num_heads=4, cross_attn_head_dim=32, cross_attn_ff_mult=2, perceiver_num_layers=2, perceiver_num_heads=4,
         perceiver_head_dim=32, perceiver_ff_mult=2, num_latents=VISUAL_TOKENS, media_token_id=processor.image_token_id,
         eoc_token_id=processor.end_of_chunk_token_id)
@@ -115,9 +118,34 @@ def flamingo_initial(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-# recipe -> (untrained model builder, where its image tower sits: what --vision-from fills from the CLIP)
+def mllama_initial(folder: Path, seed: int = 0) -> Path:
+    """An untrained small LLaMA-3.2-Vision: 24 px tiles (a 48 px scene is a 2x2 grid of tiles, with tile position
+    embeddings), a tiled ViT of 3 local + 1 global layers at the recipe tower's width, reading its last and first
+    layers as Meta's reads several; gated cross-attention before every layer of the same Llama. Its tower is not a
+    CLIP's, so it trains from scratch."""
+    import vlmhub
+    from vlmhub.processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor
+
+    torch.manual_seed(seed)
+    tokenizer = vocab.build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                                                                "<|image|>"]})  # <|image|> last: the first id past the vocabulary
+    image = tokenizer.convert_tokens_to_ids("<|image|>")
+    tile = IMAGE_SIZE // 2
+    processor = VlmhubMllamaProcessor(VlmhubMllamaImageProcessor(size={"height": tile, "width": tile}, max_image_tiles=4), tokenizer)
+    vision = TOWER | dict(image_size=tile, num_global_layers=1, intermediate_layers_indices=[0], max_num_tiles=4)
+    # answers end with <|eot_id|> in Llama 3's chat template: generation stops there, as Llama-3.2-Vision-Instruct's does
+    text = language_model_config(tokenizer, vocab_size=image, eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"))
+    config = vlmhub.VlmhubMllamaConfig(vision_config=vision, text_config=text, cross_attention_layers=[0, 2, 4],
+                                       image_token_index=image)
+    vlmhub.VlmhubMllamaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+# recipe -> (untrained model builder, where its image tower sits: what --vision-from fills from the CLIP; None: no CLIP fits)
 GENERATIVE = {"llava": (llava_initial, "vision_tower"), "blip2": (blip2_initial, "vision.vision_model"),
-              "flamingo": (flamingo_initial, "vision_model")}
+              "flamingo": (flamingo_initial, "vision_model"), "mllama": (mllama_initial, None)}
 
 
 @torch.inference_mode()
@@ -200,6 +228,8 @@ def run_generative(recipe: str, out: Path, steps: int, batch_size: int, lr: floa
     scenes.generate(work / "heldout", train=0, test=test_images, size=IMAGE_SIZE, seed=seed + 777)  # a fresh seed
     build, tower = GENERATIVE[recipe]
     initial = build(work / "initial", seed)
+    if vision_from and tower is None:
+        raise ValueError(f"the {recipe} recipe's image tower is not a CLIP's: it trains from scratch (drop --vision-from)")
     if vision_from:
         copy_vision_tower(initial, vision_from, tower)
     untrained = evaluate(AutoModelForImageTextToText.from_pretrained(initial), AutoProcessor.from_pretrained(initial), work / "heldout", 200)
@@ -226,7 +256,8 @@ def main(argv=None):
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vision-from", type=Path, help="start the image tower from this CLIP (the clip recipe's output); not for clip")
+    p.add_argument("--vision-from", type=Path,
+                   help="start the image tower from this CLIP (the clip recipe's output); not for clip or mllama (a tiled tower)")
     p.add_argument("--start-from", type=Path, help="continue training this model of the recipe's family (an earlier run's output); not for clip")
     p.add_argument("--train-seed", type=int, help="seed of the training run (data order, init); default --seed")
     p.add_argument("--data", choices=["qa", "drills"], default="qa",
