@@ -63,11 +63,15 @@ def prompt(processor, image: Image.Image, batch: int) -> dict:
     return dict(processor(images=[image] * batch, text=[text] * batch, return_tensors="pt"))
 
 
+# what a family's get_image_features takes from its processor's output (Mllama: the tiles' aspect ratio as well)
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "aspect_ratio_ids", "aspect_ratio_mask")
+
+
 def timings(models: dict, inputs: dict, repeats: int, new_tokens: int) -> dict:
     """Per variant: median prefill and vision+connector seconds (interleaved), and decode tokens/s (all rows)."""
     prefill = interleaved({k: (lambda k=k: models[k](**inputs[k])) for k in models}, repeats=repeats)
-    vision = interleaved({k: (lambda k=k: models[k].get_image_features(inputs[k]["pixel_values"])) for k in models},
-                         repeats=repeats)
+    image = {k: {n: v for n, v in inputs[k].items() if n in IMAGE_INPUTS} for k in models}
+    vision = interleaved({k: (lambda k=k: models[k].get_image_features(**image[k])) for k in models}, repeats=repeats)
     # decode rate: (time for 1 + n tokens) - (time for 1 token), n tokens; every variant's runs interleaved
     gen = {(k, n): (lambda k=k, n=n: models[k].generate(**inputs[k], max_new_tokens=n, min_new_tokens=n, do_sample=False))
            for k in models for n in (1, 1 + new_tokens)}

@@ -17,8 +17,8 @@ import pandas as pd
 
 import chat
 
-# the first is what the chat starts on; BLIP-2 and Flamingo are there to compare connectors on the same scenes
-DEFAULT_CHAT = {f"{name} (embedded)": partial(chat.load_default, name) for name in ("llava", "blip2", "flamingo")}
+# the first is what the chat starts on; the others are there to compare connectors on the same scenes
+DEFAULT_CHAT = {f"{name} (embedded)": partial(chat.load_default, name) for name in ("llava", "blip2", "flamingo", "mllama")}
 DEFAULT_CLIP = {"clip (embedded)": partial(chat.load_default, "clip")}
 DEFAULT_LABELS = "red circle, blue square, green triangle, yellow square"
 INTRO = ("# vlmhub demo\nAsk about an image (upload one with the paperclip, or pick an example below), or classify an "

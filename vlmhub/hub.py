@@ -334,7 +334,8 @@ def _llava_tokens(config) -> str:
             f"{len(pinpoints)} canvases{tome})")
 
 
-def _resampled_tokens(count: int, how: str):
+def _resampled_tokens(count, how: str):
+    """config -> words, for a connector that gives the language model `count(config)` vectors made from the tower's."""
     def words(config) -> str:
         return f"{count(config)} ({how}, from the tower's {_tower_tokens(config).split()[0]} tokens)"
     return words

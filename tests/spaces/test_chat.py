@@ -173,11 +173,12 @@ def test_scene_examples_are_reproducible(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_DEFAULTS, reason="vlmhub has no load_default")
-@pytest.mark.parametrize("name", ["blip2", "flamingo"])
-def test_resampling_defaults_answer_and_count_their_latents(tmp_path, name):
+@pytest.mark.parametrize("name, tokens", [("blip2", 16), ("flamingo", 16), ("mllama", 40)])
+def test_other_connector_defaults_answer_and_count_their_visual_tokens(tmp_path, name, tokens):
     cache = chat.ModelCache({name: lambda: chat.load_default(name)})
     path, question, _ = chat.scene_examples(tmp_path)[0]
     turns = list(chat.answer(cache, name, [], {"text": question, "files": [path]}, chat.Settings(max_new_tokens=8)))
     text, info = turns[-1]
     assert text.strip() and not text.startswith(chat.ERROR_MARK)
-    assert "| visual tokens (current image) | 16 |" in info  # Q-Former queries / Perceiver latents, not the <image> token
+    # Q-Former queries, Perceiver latents, 4 tiles x (9 patches + class token): not the one image token in the text
+    assert f"| visual tokens (current image) | {tokens} |" in info
