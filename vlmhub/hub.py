@@ -316,11 +316,16 @@ def _vision_config(config):
     return config.vision_config if "vision_config" in config.sub_configs else config
 
 
+def _tower_patches(config) -> int:
+    vision = _vision_config(config)
+    return (vision.image_size // vision.patch_size) ** 2
+
+
 def _tower_tokens(config) -> str:
     vision = _vision_config(config)
     if not hasattr(vision, "image_size"):
         return "none (a text model)"
-    patches = (vision.image_size // vision.patch_size) ** 2
+    patches = _tower_patches(config)
     return f"{patches + 1} ({patches} patches of {vision.patch_size} px at {vision.image_size} px, plus the class token)"
 
 
@@ -337,7 +342,7 @@ def _llava_tokens(config) -> str:
 def _resampled_tokens(count, how: str):
     """config -> words, for a connector that gives the language model `count(config)` vectors made from the tower's."""
     def words(config) -> str:
-        return f"{count(config)} ({how}, from the tower's {_tower_tokens(config).split()[0]} tokens)"
+        return f"{count(config)} ({how}, from the tower's {_tower_patches(config) + 1} tokens)"
     return words
 
 

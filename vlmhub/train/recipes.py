@@ -45,7 +45,14 @@ TEXT_INIT = 0.12
 TOWER = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE_SIZE,
              patch_size=8, hidden_act="gelu")
 CLIP_LAYOUT = dict(qkv_bias=True, k_bias=True, patch_bias=False, pre_layernorm=True, post_layernorm="cls", initializer_range=0.02)
-VISUAL_TOKENS = 16  # what the BLIP-2 and Flamingo recipes resample the 37 tower tokens to (Q-Former queries, latents)
+RESAMPLED_TOKENS = 16  # what the BLIP-2 and Flamingo recipes resample the 37 tower tokens to (Q-Former queries, latents)
+
+
+def save_initial(model, processor, folder: Path) -> Path:
+    """Save an untrained recipe model with its processor: the folder the recipe trains from."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def language_model_config(tokenizer, **overrides) -> dict:
@@ -70,9 +77,7 @@ def llava_initial(folder: Path, seed: int = 0) -> Path:
     processor = vlmhub.LlavaProcessor(image_processor, tokenizer, patch_size=8, chat_template=llava_chat_template(""))
     config = vlmhub.LlavaConfig(vision_config=TOWER, text_config=language_model_config(tokenizer), image_token_id=processor.image_token_id,
                                 image_aspect_ratio="pad", vision_feature_layer=-2)
-    vlmhub.LlavaForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_initial(vlmhub.LlavaForConditionalGeneration(config), processor, folder)
 
 
 def blip2_initial(folder: Path, seed: int = 0) -> Path:
@@ -84,15 +89,13 @@ def blip2_initial(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = vocab.build_tokenizer(extra_words=["question", "answer"])
     processor = VlmhubBlip2Processor(VlmhubBlip2ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}), tokenizer,
-                                     num_query_tokens=VISUAL_TOKENS)
+                                     num_query_tokens=RESAMPLED_TOKENS)
     qformer = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, cross_attention_frequency=1,
-                   num_query_tokens=VISUAL_TOKENS, encoder_hidden_size=TOWER["hidden_size"], hidden_dropout_prob=0.0,
+                   num_query_tokens=RESAMPLED_TOKENS, encoder_hidden_size=TOWER["hidden_size"], hidden_dropout_prob=0.0,
                    attention_probs_dropout_prob=0.0)
     config = vlmhub.VlmhubBlip2Config(vision_config=TOWER | CLIP_LAYOUT, qformer_config=qformer,
                                       text_config=language_model_config(tokenizer), image_token_id=processor.image_token_id)
-    vlmhub.VlmhubBlip2ForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_initial(vlmhub.VlmhubBlip2ForConditionalGeneration(config), processor, folder)
 
 
 def flamingo_initial(folder: Path, seed: int = 0) -> Path:
@@ -111,11 +114,9 @@ def flamingo_initial(folder: Path, seed: int = 0) -> Path:
     config = vlmhub.VlmhubFlamingoConfig(
         vision_config=TOWER | CLIP_LAYOUT, text_config=text, cross_attn_every_n_layers=1,
         cross_attn_num_heads=4, cross_attn_head_dim=32, cross_attn_ff_mult=2, perceiver_num_layers=2, perceiver_num_heads=4,
-        perceiver_head_dim=32, perceiver_ff_mult=2, num_latents=VISUAL_TOKENS, media_token_id=processor.image_token_id,
+        perceiver_head_dim=32, perceiver_ff_mult=2, num_latents=RESAMPLED_TOKENS, media_token_id=processor.image_token_id,
         eoc_token_id=processor.end_of_chunk_token_id)
-    vlmhub.VlmhubFlamingoForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_initial(vlmhub.VlmhubFlamingoForConditionalGeneration(config), processor, folder)
 
 
 def mllama_initial(folder: Path, seed: int = 0) -> Path:
@@ -138,9 +139,7 @@ def mllama_initial(folder: Path, seed: int = 0) -> Path:
     text = language_model_config(tokenizer, vocab_size=image, eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"))
     config = vlmhub.VlmhubMllamaConfig(vision_config=vision, text_config=text, cross_attention_layers=[0, 2, 4],
                                        image_token_index=image)
-    vlmhub.VlmhubMllamaForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_initial(vlmhub.VlmhubMllamaForConditionalGeneration(config), processor, folder)
 
 
 # recipe -> (untrained model builder, where its image tower sits: what --vision-from fills from the CLIP; None: no CLIP fits)
@@ -289,9 +288,7 @@ def clip_initial(folder: Path, seed: int = 0) -> Path:
                          pad_token_id=tokenizer.pad_token_id),
         projection_dim=64,
     )
-    vlmhub.CLIPModel(config).save_pretrained(folder)
-    vlmhub.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return save_initial(vlmhub.CLIPModel(config), vlmhub.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer), folder)
 
 
 @torch.inference_mode()
