@@ -28,7 +28,7 @@ from vlmhub.processing.mplug_owl import VlmhubMplugOwlImageProcessor, VlmhubMplu
 from vlmhub.train.cli import main as finetune
 from vlmhub.train.cli import load_connector, parser, run_train
 from vlmhub.train.data import ConversationCollator, load_records, to_messages
-from vlmhub.train.setup import VISION_SCOPES, apply_stage, connector_paths, load_for_training
+from vlmhub.train.setup import VISION_SCOPES, apply_stage, connector_paths, load_for_training, vision_tower_paths
 
 SIZE = 28  # scenes images
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=SIZE,
@@ -256,6 +256,18 @@ def test_stage1_trains_only_the_connector(family, folder, questions, tiny_scenes
     assert all(torch.equal(p, dict(result["model"].named_parameters())[n]) for n, p in base.named_parameters())
     print(f"\n{family} stage 1: {sum(p.numel() for p in connector.values()):,} connector parameters "
           f"({len(changed)}/{len(connector)} tensors changed in 2 steps)")
+
+
+def test_full_stage_can_keep_the_image_tower_frozen(family, folder, questions, tiny_scenes, tmp_path):
+    model = apply_stage(AutoModelForImageTextToText.from_pretrained(folder), "full", freeze_vision=True)
+    towers = vision_tower_paths(model)
+    assert towers and all(path.rsplit(".", 1)[-1] in ("vision_tower", "vision_model") for path in towers)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if any(n.startswith(path + ".") for path in towers)}
+    assert all(p.requires_grad for p in connector_parameters(model).values())  # BLIP-2's ln_vision trains too
+    with pytest.raises(SystemExit, match="--freeze-vision is for --stage full"):
+        run_train(parser().parse_args(train_args(folder, questions, tiny_scenes / "images", tmp_path, "--stage", 2,
+                                                 "--freeze-vision")))
 
 
 def test_qlora_lowers_the_loss_and_trains_only_lora_on_the_lm_and_the_connector(family, folder, trained):

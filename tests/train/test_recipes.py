@@ -1,5 +1,6 @@
-"""The default-model recipes' training records; the LLaVA, BLIP-2 and Flamingo recipes' models start from the CLIP's
-tower 1:1; every generative recipe runs end to end (two steps); Mllama's tiled tower refuses a CLIP start."""
+"""The default-model recipes' training records; the scene parser's targets; the LLaVA, BLIP-2 and Flamingo recipes'
+models start from a tower of their layout 1:1 (the tower recipe's or the CLIP's; Mllama's tiled one) and keep it
+frozen, and refuse one of another layout; every recipe runs end to end (two steps)."""
 
 import json
 
@@ -53,13 +54,21 @@ def clip(tmp_path_factory):
     return recipes.clip_initial(tmp_path_factory.mktemp("clip"), seed=3)
 
 
-@pytest.mark.parametrize("recipe", sorted(r for r, (_, tower) in recipes.GENERATIVE.items() if tower))
-def test_generative_recipes_start_from_the_clip_tower(recipe, clip, tmp_path):
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory):
+    tower, processor = recipes.tower_initial("mllama", seed=3)
+    folder = tmp_path_factory.mktemp("tiled")
+    tower.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes.GENERATIVE))
+def test_generative_recipes_start_from_a_tower_of_their_layout(recipe, clip, tiled, tmp_path):
     build, tower = recipes.GENERATIVE[recipe]
-    folder = build(tmp_path / recipe)
-    recipes.copy_vision_tower(folder, clip, tower)
+    folder, source = build(tmp_path / recipe), tiled if recipe == "mllama" else clip
+    recipes.copy_vision_tower(folder, source, tower)
     got = AutoModelForImageTextToText.from_pretrained(folder).get_submodule(tower).state_dict()
-    want = AutoModel.from_pretrained(clip).vision_model.state_dict()
+    want = AutoModel.from_pretrained(source).vision_model.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
@@ -73,10 +82,12 @@ def test_other_connector_recipes_run_and_report(recipe, tmp_path):
     assert config.model_type == f"vlmhub_{recipe}"
 
 
-def test_a_tower_that_is_not_a_clip_refuses_to_start_from_one(clip, tmp_path):
-    with pytest.raises(ValueError, match="mllama recipe's image tower is not a CLIP's"):
+def test_a_tower_of_another_layout_is_refused(clip, tiled, tmp_path):
+    with pytest.raises(ValueError, match="keeps a MllamaVisionTower image tower; .* holds a VisionTransformer .*--layout mllama"):
         recipes.main(["mllama", "--out", str(tmp_path / "out"), "--steps", "1", "--train-images", "2", "--test-images", "1",
                       "--vision-from", str(clip)])
+    with pytest.raises(ValueError, match="keeps a VisionTransformer image tower; .* holds a MllamaVisionTower .*--layout clip"):
+        recipes.copy_vision_tower(recipes.llava_initial(tmp_path / "llava"), tiled)
 
 
 @pytest.mark.parametrize("recipe", sorted(recipes.GENERATIVE))
@@ -91,3 +102,41 @@ def test_generation_stops_where_the_chat_template_ends_an_answer(recipe, tmp_pat
     after = ids[len(ids) - 1 - ids[::-1].index(processor.tokenizer.convert_tokens_to_ids("yes")) + 1]
     stop = GenerationConfig.from_pretrained(folder).eos_token_id
     assert after in (stop if isinstance(stop, list) else [stop])
+
+
+def test_scene_parser_names_the_object_on_each_patch():
+    shapes = [scenes.Shape("triangle", "red", "big", 0.271, 0.657), scenes.Shape("square", "orange", "small", 0.7, 0.25)]
+    targets = recipes.parse_targets(shapes, grid=6)
+    assert targets.shape == (36, 3)
+    under = lambda s: int(s.y * 6) * 6 + int(s.x * 6)
+    for s in shapes:
+        assert targets[under(s)].tolist() == [list(scenes.COLOURS).index(s.colour), scenes.SHAPES.index(s.shape),
+                                              list(scenes.SIZES).index(s.size)]
+    assert targets[35].tolist() == [len(scenes.COLOURS), len(scenes.SHAPES), len(scenes.SIZES)]  # bottom right: background
+    assert (targets[:, 0] == len(scenes.COLOURS)).sum() == 36 - 6 - 2  # the triangle covers 3x2 patches, the square 2x1
+    where = recipes.parse_targets(shapes, grid=6, where=True)
+    assert torch.equal(where[:, :3], targets)
+    assert where[under(shapes[0])].tolist()[3:] == [int(0.271 * recipes.PARSE_COLUMNS), 3, 1]  # its column bin, row, column
+    assert where[35].tolist()[3:] == [-100, 5, 5]
+
+
+def test_tower_recipe_makes_the_tower_a_recipe_starts_from_and_keeps_frozen(tmp_path):
+    recipes.main(["tower", "--out", str(tmp_path / "tower"), "--steps", "2", "--batch-size", "2"])
+    report = json.loads((tmp_path / "tower" / "evaluation.json").read_text())
+    assert report["recipe"] == "tower" and set(report["trained"]) == {"colour", "shape", "size", "all_three", "objects"}
+    recipes.main(["llava", "--out", str(tmp_path / "llava"), "--steps", "2", "--batch-size", "2", "--train-images", "3",
+                  "--test-images", "1", "--vision-from", str(tmp_path / "tower")])
+    got = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava").vision_tower.state_dict()
+    want = AutoModel.from_pretrained(tmp_path / "tower").vision_model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_tiled_tower_tokens_go_back_to_their_place_on_the_scene_grid():
+    class Tiles(torch.nn.Module):  # token value = tile * 9 + patch, after a CLS token
+        def forward(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask):
+            ids = torch.arange(4 * 9, dtype=torch.float).reshape(1, 1, 4, 9, 1)
+            return type("Out", (), {"last_hidden_state": torch.cat([torch.full((1, 1, 4, 1, 1), -1.0), ids], dim=3)})
+
+    tokens = recipes.grid_tokens(Tiles(), {"pixel_values": None, "aspect_ratio_ids": None, "aspect_ratio_mask": None})
+    want = [(r // 3 * 2 + c // 3) * 9 + (r % 3) * 3 + c % 3 for r in range(6) for c in range(6)]
+    assert tokens.flatten().tolist() == want

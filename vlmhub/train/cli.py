@@ -35,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--image-folder", help="folder the records' image paths are relative to")
     t.add_argument("--output", required=True)
     t.add_argument("--stage", type=_stage, default=2, help="1 (connector), 2 (LoRA + connector) or full (everything)")
+    t.add_argument("--freeze-vision", action="store_true", help="--stage full: keep the image tower frozen")
     t.add_argument("--connector", help="stage 2: connector weights (connector.safetensors) from a stage-1 run")
     t.add_argument("--steps", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=4, help="global batch size, split over processes")
@@ -66,11 +67,14 @@ def _stage(value: str):
 
 
 def run_train(a) -> dict:
+    if a.freeze_vision and a.stage != "full":
+        raise SystemExit("--freeze-vision is for --stage full: stages 1 and 2 already keep the image tower frozen")
     set_seed(a.seed)  # before LoRA's random init, so runs (and resumed runs) start from the same weights
     model, processor = load_for_training(a.model, a.load_in_4bit, a.load_in_8bit)
     if a.connector:
         load_connector(model, a.connector)
-    model = apply_stage(model, a.stage, a.lora_targets.split(","), a.lora_on_vision, a.lora_rank, a.lora_alpha, a.lora_dropout)
+    model = apply_stage(model, a.stage, a.lora_targets.split(","), a.lora_on_vision, a.lora_rank, a.lora_alpha, a.lora_dropout,
+                        a.freeze_vision)
     report = trainable_report(model)
     print(f"trainable parameters: {report['trainable']:,} of {report['total']:,} {report['by_part']}", file=sys.stderr)
     args = TrainArgs(output=a.output, stage=a.stage, steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,

@@ -1,12 +1,15 @@
 """Recipes for the embedded default models: a small model trained from scratch on the synthetic scenes, on CPU.
 
-    python -m vlmhub.train.recipes {llava,blip2,flamingo} --out vlmhub/defaults/<recipe> --vision-from <clip> [--steps N]
-    python -m vlmhub.train.recipes mllama --out vlmhub/defaults/mllama     # its tiled tower trains from scratch
+    python -m vlmhub.train.recipes tower --out <tower> --batch-size 32     # the image tower, trained as a scene parser
+    python -m vlmhub.train.recipes {llava,blip2,flamingo} --out vlmhub/defaults/<recipe> --vision-from <tower> [--steps N]
+    python -m vlmhub.train.recipes tower --out <tiled> --batch-size 32 --layout mllama   # Mllama's tiled tower
+    python -m vlmhub.train.recipes mllama --out vlmhub/defaults/mllama --vision-from <tiled>
     python -m vlmhub.train.recipes clip --out <clip> --batch-size 32
 
 Each recipe makes its data (seeded), builds the model, trains it with the fine-tune pipeline, evaluates exact-match
 accuracy per question type on a held-out split drawn with a seed never used in training, and saves the model, its
-processor, the evaluation and a model card.
+processor, the evaluation and a model card. A recipe started from a pretrained tower (--vision-from: the tower
+recipe's, or a CLIP's) keeps it frozen, as LLaVA, BLIP-2 and Flamingo keep theirs.
 """
 
 import argparse
@@ -41,7 +44,7 @@ def question_type(question: str) -> str | None:
 # held-out after 1500 steps against 57% (pooled 9-token runs, lr 1e-3, 400 questions).
 TEXT_INIT = 0.12
 # The image tower every recipe uses: a CLIP-layout ViT, 48 px / patch 8 -> 36 patch tokens (+ CLS), so any of them can
-# start from the clip recipe's tower with the weights mapping 1:1.
+# start from the tower recipe's (or the clip recipe's) with the weights mapping 1:1.
 TOWER = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE_SIZE,
              patch_size=8, hidden_act="gelu")
 CLIP_LAYOUT = dict(qkv_bias=True, k_bias=True, patch_bias=False, pre_layernorm=True, post_layernorm="cls", initializer_range=0.02)
@@ -64,8 +67,8 @@ def language_model_config(tokenizer, **overrides) -> dict:
 
 
 def llava_initial(folder: Path, seed: int = 0) -> Path:
-    """An untrained small LLaVA (ViT 48 px / patch 8 -> 36 visual tokens from the penultimate layer, as LLaVA takes
-    them, and a 3-layer Llama) with the scenes tokenizer."""
+    """An untrained small LLaVA (ViT 48 px / patch 8 -> 36 visual tokens and a 3-layer Llama) with the scenes tokenizer.
+    It reads the tower's last layer, the one the tower recipe trains (LLaVA reads a CLIP's penultimate layer)."""
     import vlmhub
     from vlmhub.processing.llava import llava_chat_template
 
@@ -76,7 +79,7 @@ def llava_initial(folder: Path, seed: int = 0) -> Path:
     # no system sentence: short sequences train several times faster on CPU
     processor = vlmhub.LlavaProcessor(image_processor, tokenizer, patch_size=8, chat_template=llava_chat_template(""))
     config = vlmhub.LlavaConfig(vision_config=TOWER, text_config=language_model_config(tokenizer), image_token_id=processor.image_token_id,
-                                image_aspect_ratio="pad", vision_feature_layer=-2)
+                                image_aspect_ratio="pad", vision_feature_layer=-1)
     return save_initial(vlmhub.LlavaForConditionalGeneration(config), processor, folder)
 
 
@@ -119,32 +122,40 @@ def flamingo_initial(folder: Path, seed: int = 0) -> Path:
     return save_initial(vlmhub.VlmhubFlamingoForConditionalGeneration(config), processor, folder)
 
 
+TILE = IMAGE_SIZE // 2  # Mllama's tile: a 48 px scene is a 2x2 grid of tiles
+MLLAMA_TOWER = TOWER | dict(image_size=TILE, num_global_layers=1, intermediate_layers_indices=[0], max_num_tiles=4)
+
+
+def mllama_image_processor():
+    from vlmhub.processing.mllama import VlmhubMllamaImageProcessor
+
+    return VlmhubMllamaImageProcessor(size={"height": TILE, "width": TILE}, max_image_tiles=4)
+
+
 def mllama_initial(folder: Path, seed: int = 0) -> Path:
     """An untrained small LLaMA-3.2-Vision: 24 px tiles (a 48 px scene is a 2x2 grid of tiles, with tile position
     embeddings), a tiled ViT of 3 local + 1 global layers at the recipe tower's width, reading its last and first
     layers as Meta's reads several; gated cross-attention before every layer of the same Llama. Its tower is not a
-    CLIP's, so it trains from scratch."""
+    CLIP's: it starts from the tower recipe's `--layout mllama`, or trains from scratch."""
     import vlmhub
-    from vlmhub.processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor
+    from vlmhub.processing.mllama import VlmhubMllamaProcessor
 
     torch.manual_seed(seed)
     tokenizer = vocab.build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                                                                 "<|image|>"]})  # <|image|> last: the first id past the vocabulary
     image = tokenizer.convert_tokens_to_ids("<|image|>")
-    tile = IMAGE_SIZE // 2
-    processor = VlmhubMllamaProcessor(VlmhubMllamaImageProcessor(size={"height": tile, "width": tile}, max_image_tiles=4), tokenizer)
-    vision = TOWER | dict(image_size=tile, num_global_layers=1, intermediate_layers_indices=[0], max_num_tiles=4)
+    processor = VlmhubMllamaProcessor(mllama_image_processor(), tokenizer)
     # answers end with <|eot_id|> in Llama 3's chat template: generation stops there, as Llama-3.2-Vision-Instruct's does
     text = language_model_config(tokenizer, vocab_size=image, eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"))
-    config = vlmhub.VlmhubMllamaConfig(vision_config=vision, text_config=text, cross_attention_layers=[0, 2, 4],
+    config = vlmhub.VlmhubMllamaConfig(vision_config=MLLAMA_TOWER, text_config=text, cross_attention_layers=[0, 2, 4],
                                        image_token_index=image)
     return save_initial(vlmhub.VlmhubMllamaForConditionalGeneration(config), processor, folder)
 
 
-# recipe -> (untrained model builder, where its image tower sits: what --vision-from fills from the CLIP; None: no CLIP fits)
+# recipe -> (untrained model builder, where its image tower sits: what --vision-from fills)
 GENERATIVE = {"llava": (llava_initial, "vision_tower"), "blip2": (blip2_initial, "vision.vision_model"),
-              "flamingo": (flamingo_initial, "vision_model"), "mllama": (mllama_initial, None)}
+              "flamingo": (flamingo_initial, "vision_model"), "mllama": (mllama_initial, "vision_model")}
 
 
 @torch.inference_mode()
@@ -181,14 +192,17 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"\s*([.,?!:])\s*", r"\1", text.lower())).strip(" .")
 
 
-def copy_vision_tower(folder: Path, clip_folder: Path, tower: str = "vision_tower") -> None:
-    """Start a model from a CLIP image tower, as LLaVA, BLIP-2 and Flamingo do: the same shared ViT, so the weights map
-    1:1. `tower` is where the model keeps it."""
+def copy_vision_tower(folder: Path, source: Path, tower: str = "vision_tower") -> None:
+    """Start a model from a pretrained image tower (the tower recipe's, or a CLIP's), as LLaVA, BLIP-2 and Flamingo
+    start from theirs: the same shared ViT, so the weights map 1:1. `tower` is where the model keeps it."""
     from transformers import AutoModel, AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(folder)
-    clip = AutoModel.from_pretrained(clip_folder)
-    model.get_submodule(tower).load_state_dict(clip.vision_model.state_dict())
+    want, given = model.get_submodule(tower), AutoModel.from_pretrained(source).vision_model
+    if type(given) is not type(want):
+        raise ValueError(f"{model.config.model_type} keeps a {type(want).__name__} image tower; {source} holds a "
+                         f"{type(given).__name__} (make one with: recipes tower --layout {TOWER_LAYOUT[type(want).__name__]})")
+    want.load_state_dict(given.state_dict())
     model.save_pretrained(folder)
 
 
@@ -227,15 +241,14 @@ def run_generative(recipe: str, out: Path, steps: int, batch_size: int, lr: floa
     scenes.generate(work / "heldout", train=0, test=test_images, size=IMAGE_SIZE, seed=seed + 777)  # a fresh seed
     build, tower = GENERATIVE[recipe]
     initial = build(work / "initial", seed)
-    if vision_from and tower is None:
-        raise ValueError(f"the {recipe} recipe's image tower is not a CLIP's: it trains from scratch (drop --vision-from)")
     if vision_from:
         copy_vision_tower(initial, vision_from, tower)
     untrained = evaluate(AutoModelForImageTextToText.from_pretrained(initial), AutoProcessor.from_pretrained(initial), work / "heldout", 200)
     start = time.perf_counter()
     finetune(["train", "--model", str(start_from or initial), "--data", str(records), "--image-folder",
               str(work / "data" / "images"), "--output", str(out), "--stage", "full", "--steps", str(steps),
-              "--batch-size", str(batch_size), "--lr", str(lr), "--warmup", str(steps // 20), "--seed", str(seed if train_seed is None else train_seed)])
+              "--batch-size", str(batch_size), "--lr", str(lr), "--warmup", str(steps // 20), "--seed", str(seed if train_seed is None else train_seed),
+              *(["--freeze-vision"] if vision_from else [])])
     minutes = (time.perf_counter() - start) / 60
     trained = evaluate(AutoModelForImageTextToText.from_pretrained(out), AutoProcessor.from_pretrained(out), work / "heldout")
     report = {"recipe": recipe, "data": data, "vision_from": str(vision_from) if vision_from else None,
@@ -247,16 +260,20 @@ def run_generative(recipe: str, out: Path, steps: int, batch_size: int, lr: floa
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", choices=[*GENERATIVE, "clip"])
+    p.add_argument("recipe", choices=[*GENERATIVE, "clip", "tower"])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, help="default: 9000 for clip (3000 leaves it naming shapes 71%% right), 4500 for the others")
+    p.add_argument("--steps", type=int, help="default: 9000 for clip (3000 leaves it naming shapes 71%% right), 6000 for tower, 4500 for the others")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, help="default: 2e-3 for clip, 1e-3 for the others (llava with 2e-3 scores 68.6%% held-out, against 73.4%%)")
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vision-from", type=Path,
-                   help="start the image tower from this CLIP (the clip recipe's output); not for clip or mllama (a tiled tower)")
+                   help="start from this image tower, kept frozen: the tower recipe's output (--layout mllama for mllama), or the clip recipe's; not for clip or tower")
+    p.add_argument("--layout", choices=["clip", "mllama"], default="clip",
+                   help="tower: the CLIP-layout ViT (llava, blip2, flamingo) or Mllama's tiled tower")
+    p.add_argument("--where", action="store_true",
+                   help="tower: also name where each patch's object is and where the patch is (for the resampling connectors)")
     p.add_argument("--start-from", type=Path, help="continue training this model of the recipe's family (an earlier run's output); not for clip")
     p.add_argument("--train-seed", type=int, help="seed of the training run (data order, init); default --seed")
     p.add_argument("--data", choices=["qa", "drills"], default="qa",
@@ -264,10 +281,12 @@ def main(argv=None):
                         "4500 drill steps give 73.8%% held-out, colour 79%%; 8000 qa steps 72.3%%, colour 71%%; a drill step "
                         "costs about three qa steps)")
     a = p.parse_args(argv)
-    a.steps = a.steps or (9000 if a.recipe == "clip" else 4500)
+    a.steps = a.steps or {"clip": 9000, "tower": 6000}.get(a.recipe, 4500)
     a.lr = a.lr or (2e-3 if a.recipe == "clip" else 1e-3)
     if a.recipe == "clip":
         report = run_clip(Path(a.out), a.steps, a.batch_size, a.lr, a.seed)
+    elif a.recipe == "tower":
+        report = run_tower(Path(a.out), a.steps, a.batch_size, a.lr, a.seed, a.layout, a.where)
     else:
         report = run_generative(a.recipe, Path(a.out), a.steps, a.batch_size, a.lr, a.train_images, a.test_images, a.seed,
                                 a.vision_from, a.start_from, a.train_seed, a.data)
@@ -336,6 +355,124 @@ def run_clip(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> di
     processor.save_pretrained(out)
     report = {"recipe": "clip", "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "train_minutes": round(minutes, 2),
               "trained": evaluate_clip(model, processor), "untrained": untrained, "final_loss": history[-1]["loss"]}
+    (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+PARSE_COLUMNS = 12  # bins of an object's horizontal position, for a scene parser that also names where things are
+
+
+def parse_targets(shapes: list, grid: int, where: bool = False) -> torch.Tensor:
+    """What the scene parser names at each patch of a grid x grid image, in row-major order (grid**2, 3): the colour,
+    shape and size of the object whose box covers most of the patch, with a last class of each for none. With `where`
+    (grid**2, 6): also which of PARSE_COLUMNS columns that object's centre is in (-100, not scored, for none), and the
+    patch's own row and column."""
+    cover = lambda s, lo, at: max(0.0, min((lo + 1) / grid, at + scenes.SIZES[s.size] / 2) - max(lo / grid, at - scenes.SIZES[s.size] / 2))
+    targets = []
+    for i in range(grid * grid):
+        row, col = divmod(i, grid)
+        area, s = max([(cover(s, col, s.x) * cover(s, row, s.y), s) for s in shapes], key=lambda t: t[0], default=(0.0, None))
+        what = [len(scenes.COLOURS), len(scenes.SHAPES), len(scenes.SIZES), -100] if area == 0 else [
+            list(scenes.COLOURS).index(s.colour), scenes.SHAPES.index(s.shape), list(scenes.SIZES).index(s.size),
+            min(PARSE_COLUMNS - 1, int(s.x * PARSE_COLUMNS))]
+        targets.append(what + [row, col] if where else what[:3])
+    return torch.tensor(targets)
+
+
+class SceneParserHeads(torch.nn.Module):
+    """Linear heads on every patch token of the tower's last layer, one per column of `parse_targets`. Training only:
+    the recipe saves the tower without them."""
+
+    def __init__(self, width: int, grid: int, where: bool = False):
+        super().__init__()
+        classes = (len(scenes.COLOURS) + 1, len(scenes.SHAPES) + 1, len(scenes.SIZES) + 1) + ((PARSE_COLUMNS, grid, grid) if where else ())
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in classes)
+
+    def forward(self, patch_tokens: torch.Tensor) -> list[torch.Tensor]:
+        return [head(patch_tokens) for head in self.heads]
+
+
+def tower_initial(layout: str = "clip", seed: int = 0):
+    """An untrained recipe tower and its image processor. "clip": TOWER in CLIP's layout, which maps 1:1 into the
+    LLaVA, BLIP-2 and Flamingo recipes. "mllama": the Mllama recipe's tiled tower (MLLAMA_TOWER)."""
+    import vlmhub
+
+    torch.manual_seed(seed)
+    if layout == "mllama":
+        return vlmhub.VlmhubMllamaVisionModel(vlmhub.VlmhubMllamaVisionConfig(**MLLAMA_TOWER)), mllama_image_processor()
+    processor = vlmhub.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return vlmhub.VlmhubCLIPVisionModel(vlmhub.VlmhubCLIPVisionConfig(**TOWER)), processor
+
+
+TOWER_LAYOUT = {"VisionTransformer": "clip", "MllamaVisionTower": "mllama"}  # a model's tower class -> the layout that makes it
+
+
+def grid_tokens(tower, inputs: dict) -> torch.Tensor:
+    """The tower's patch tokens of each scene in row-major order over the scene's patch grid, CLS tokens left out:
+    (B, 36, width). Mllama's come per tile (2x2 tiles of 3x3 patches) and are put back in place."""
+    if "aspect_ratio_ids" not in inputs:
+        return tower(inputs["pixel_values"]).last_hidden_state[:, 1:]
+    tiles = tower(**inputs).last_hidden_state[:, 0, :, 1:]  # (B, tiles, patches, width): one image per sample
+    side = TILE // TOWER["patch_size"]
+    B, _, _, width = tiles.shape
+    return tiles.reshape(B, 2, 2, side, side, width).permute(0, 1, 3, 2, 4, 5).reshape(B, -1, width)
+
+
+def _scenes_batch(processor, rng: random.Random, count: int, grid: int, where: bool = False):
+    shapes = [scenes.sample_scene(rng) for _ in range(count)]
+    images = [scenes.draw(s, IMAGE_SIZE) for s in shapes]
+    tiled = hasattr(processor, "max_image_tiles")  # Mllama's processor takes the images nested per sample
+    inputs = processor([[image] for image in images] if tiled else images, return_tensors="pt")
+    inputs = {k: v for k, v in inputs.items() if k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
+    return shapes, inputs, torch.stack([parse_targets(s, grid, where) for s in shapes])
+
+
+@torch.inference_mode()
+def evaluate_tower(tower, heads, processor, count: int = 500, seed: int = 777) -> dict:
+    """On fresh scenes: how often the patch under each object's centre names its colour, shape and size (and all three)."""
+    grid = IMAGE_SIZE // TOWER["patch_size"]
+    rng, right, objects = random.Random(seed), torch.zeros(4), 0
+    for start in range(0, count, 50):
+        shapes, inputs, targets = _scenes_batch(processor, rng, min(50, count - start), grid)
+        named = torch.stack([logits.argmax(-1) for logits in heads(grid_tokens(tower, inputs))[:3]], -1)
+        for i, scene in enumerate(shapes):
+            for s in scene:
+                patch = min(grid - 1, int(s.y * grid)) * grid + min(grid - 1, int(s.x * grid))
+                hit = named[i, patch] == targets[i, patch, :3]
+                right += torch.cat([hit.float(), hit.all().float()[None]])
+                objects += 1
+    return dict(zip(["colour", "shape", "size", "all_three"], (right / objects).tolist())) | {"objects": objects}
+
+
+def run_tower(out: Path, steps: int, batch_size: int, lr: float, seed: int, layout: str = "clip", where: bool = False) -> dict:
+    """The image tower a generative recipe starts from (`layout`: the CLIP-layout ViT or Mllama's tiled tower): trained
+    as a scene parser on fresh scenes every step. Each patch token learns to name the object under it (with `where`,
+    also where that object and the patch are), so every patch of an object carries the whole object, which is what the
+    language models need. CLIP's contrastive captions leave that out: the clip recipe's tower binds colour to shape in
+    a two-shape scene 69% of the time, and its patch tokens lose colour after the first layer (readable on 86% of
+    object patches in the embeddings, 31% after one layer)."""
+    grid = IMAGE_SIZE // TOWER["patch_size"]
+    tower, processor = tower_initial(layout, seed)
+    heads = SceneParserHeads(tower.config.vision_output_dim if layout == "mllama" else TOWER["hidden_size"], grid, where)
+    untrained = evaluate_tower(tower.eval(), heads, processor, count=100)
+    params = [*tower.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)  # then flat to half way, then linear to zero
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1, (step + 1) / warmup) * min(1, 2 * (steps - step) / steps))
+    rng, start, history = random.Random(seed), time.perf_counter(), []
+    tower.train()
+    for step in range(steps):
+        _, inputs, targets = _scenes_batch(processor, rng, batch_size, grid, where)
+        loss = sum(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets[..., k].flatten(), ignore_index=-100)
+                   for k, logits in enumerate(heads(grid_tokens(tower, inputs))))
+        loss.backward()
+        optimizer.step(), scheduler.step(), optimizer.zero_grad()
+        history.append(loss.item())
+    minutes = (time.perf_counter() - start) / 60
+    tower.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    report = {"recipe": "tower", "layout": layout, "where": where, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "train_minutes": round(minutes, 2),
+              "trained": evaluate_tower(tower, heads, processor), "untrained": untrained, "final_loss": history[-1]}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -65,6 +65,15 @@ def connector_paths(model) -> list[str]:
     return paths
 
 
+def vision_tower_paths(model) -> list[str]:
+    """Where the model keeps its image tower (`vision_tower` or `vision_model`, outermost): not BLIP-2's ln_vision."""
+    found = [path for path, _ in model.named_modules() if path.rsplit(".", 1)[-1] in ("vision_tower", "vision_model")]
+    paths = [path for path in found if not any(path.startswith(outer + ".") for outer in found)]
+    if not paths:
+        raise ValueError(f"{type(model).__name__} has no vision_tower or vision_model to freeze")
+    return paths
+
+
 def lora_target_regex(targets: list[str], on_vision: bool, exclude: list[str] = ()) -> str:
     """Module paths LoRA wraps: `targets` inside the language model (and the vision tower when asked), never inside a
     module named in `exclude` (the connector: Mllama's and Flamingo's cross-attention blocks sit in the decoder).
@@ -75,11 +84,16 @@ def lora_target_regex(targets: list[str], on_vision: bool, exclude: list[str] = 
     return rf"^(?:{'|'.join(scopes)})\.{outside}.*\.(?:{'|'.join(map(re.escape, targets))})$"
 
 
-def apply_stage(model, stage, lora_targets=("q_proj", "v_proj"), lora_on_vision=False, rank=8, alpha=16, dropout=0.05):
+def apply_stage(model, stage, lora_targets=("q_proj", "v_proj"), lora_on_vision=False, rank=8, alpha=16, dropout=0.05,
+                freeze_vision=False):
     """Stage 1: only the connector trains. Stage 2: LoRA on the language model + the connector in full.
-    "full": every weight trains (small models trained from scratch, such as the embedded defaults)."""
+    "full": every weight trains (small models trained from scratch, such as the embedded defaults), except the image
+    tower when `freeze_vision` (as LLaVA, BLIP-2 and Flamingo keep their pretrained towers frozen)."""
     if stage == "full":
-        return model.requires_grad_(True)
+        model.requires_grad_(True)
+        for path in vision_tower_paths(model) if freeze_vision else []:
+            model.get_submodule(path).requires_grad_(False)
+        return model
     connector = connector_paths(model)
     if stage == 1:
         model.requires_grad_(False)
