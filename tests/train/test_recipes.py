@@ -116,14 +116,14 @@ def test_scene_parser_names_the_object_on_each_patch():
     assert (targets[:, 0] == len(scenes.COLOURS)).sum() == 36 - 6 - 2  # the triangle covers 3x2 patches, the square 2x1
     where = recipes.parse_targets(shapes, grid=6, where=True)
     assert torch.equal(where[:, :3], targets)
-    assert where[under(shapes[0])].tolist()[3:] == [int(0.271 * recipes.PARSE_COLUMNS), 3, 1]  # its column bin, row, column
-    assert where[35].tolist()[3:] == [-100, 5, 5]
+    assert where[under(shapes[0])].tolist()[3] == int(0.271 * recipes.PARSE_COLUMNS)  # the column its centre is in
+    assert where[35].tolist()[3] == -100  # none: not scored
 
 
 def test_tower_recipe_makes_the_tower_a_recipe_starts_from_and_keeps_frozen(tmp_path):
-    recipes.main(["tower", "--out", str(tmp_path / "tower"), "--steps", "2", "--batch-size", "2"])
+    recipes.main(["tower", "--out", str(tmp_path / "tower"), "--steps", "2", "--batch-size", "2", "--where"])
     report = json.loads((tmp_path / "tower" / "evaluation.json").read_text())
-    assert report["recipe"] == "tower" and set(report["trained"]) == {"colour", "shape", "size", "all_three", "objects"}
+    assert report["recipe"] == "tower" and report["where"] and set(report["trained"]) == {"colour", "shape", "size", "all_three", "objects"}
     recipes.main(["llava", "--out", str(tmp_path / "llava"), "--steps", "2", "--batch-size", "2", "--train-images", "3",
                   "--test-images", "1", "--vision-from", str(tmp_path / "tower")])
     got = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava").vision_tower.state_dict()
@@ -140,3 +140,9 @@ def test_tiled_tower_tokens_go_back_to_their_place_on_the_scene_grid():
     tokens = recipes.grid_tokens(Tiles(), {"pixel_values": None, "aspect_ratio_ids": None, "aspect_ratio_mask": None})
     want = [(r // 3 * 2 + c // 3) * 9 + (r % 3) * 3 + c % 3 for r in range(6) for c in range(6)]
     assert tokens.flatten().tolist() == want
+
+
+def test_tower_recipe_parses_mllamas_tiled_tower(tmp_path):
+    recipes.main(["tower", "--layout", "mllama", "--out", str(tmp_path / "tiled"), "--steps", "1", "--batch-size", "2"])
+    assert json.loads((tmp_path / "tiled" / "evaluation.json").read_text())["layout"] == "mllama"
+    recipes.copy_vision_tower(recipes.mllama_initial(tmp_path / "mllama"), tmp_path / "tiled", "vision_model")
