@@ -54,11 +54,16 @@ def model_class(path):
     return MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(AutoConfig.from_pretrained(path))]
 
 
+def outermost_paths(model, names: set[str]) -> list[str]:
+    """Paths of the modules whose own name is in `names`, leaving out any inside another of them."""
+    found = [path for path, _ in model.named_modules() if path.rsplit(".", 1)[-1] in names]
+    return [path for path in found if not any(path.startswith(outer + ".") for outer in found)]
+
+
 def connector_paths(model) -> list[str]:
     """Paths of the modules that make up the connector (see the module docstring), outermost only."""
     names = set(model.connector_modules)
-    found = [path for path, _ in model.named_modules() if path.rsplit(".", 1)[-1] in names]
-    paths = [path for path in found if not any(path.startswith(outer + ".") for outer in found)]
+    paths = outermost_paths(model, names)
     missing = names - {path.rsplit(".", 1)[-1] for path in paths}
     if missing:
         raise ValueError(f"{type(model).__name__}.connector_modules names {sorted(missing)}, which the model lacks")
@@ -67,8 +72,7 @@ def connector_paths(model) -> list[str]:
 
 def vision_tower_paths(model) -> list[str]:
     """Where the model keeps its image tower (`vision_tower` or `vision_model`, outermost): not BLIP-2's ln_vision."""
-    found = [path for path, _ in model.named_modules() if path.rsplit(".", 1)[-1] in ("vision_tower", "vision_model")]
-    paths = [path for path in found if not any(path.startswith(outer + ".") for outer in found)]
+    paths = outermost_paths(model, {"vision_tower", "vision_model"})
     if not paths:
         raise ValueError(f"{type(model).__name__} has no vision_tower or vision_model to freeze")
     return paths
