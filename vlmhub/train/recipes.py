@@ -48,6 +48,7 @@ TEXT_INIT = 0.12
 TOWER = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE_SIZE,
              patch_size=8, hidden_act="gelu")
 CLIP_LAYOUT = dict(qkv_bias=True, k_bias=True, patch_bias=False, pre_layernorm=True, post_layernorm="cls", initializer_range=0.02)
+GRID = IMAGE_SIZE // TOWER["patch_size"]  # the scene's patch grid: 6 x 6
 RESAMPLED_TOKENS = 16  # what the BLIP-2 and Flamingo recipes resample the 37 tower tokens to (Q-Former queries, latents)
 
 
@@ -124,6 +125,12 @@ def flamingo_initial(folder: Path, seed: int = 0) -> Path:
 
 TILE = IMAGE_SIZE // 2  # Mllama's tile: a 48 px scene is a 2x2 grid of tiles
 MLLAMA_TOWER = TOWER | dict(image_size=TILE, num_global_layers=1, intermediate_layers_indices=[0], max_num_tiles=4)
+
+
+def clip_image_processor():
+    import vlmhub
+
+    return vlmhub.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
 
 def mllama_image_processor():
@@ -299,7 +306,7 @@ def clip_initial(folder: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = vocab.build_tokenizer(wrap=True)
-    image_processor = vlmhub.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor = clip_image_processor()
     config = vlmhub.CLIPConfig(
         vision_config=TOWER,
         text_config=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, vocab_size=len(tokenizer),
@@ -404,8 +411,7 @@ def tower_initial(layout: str = "clip", seed: int = 0):
     torch.manual_seed(seed)
     if layout == "mllama":
         return vlmhub.VlmhubMllamaVisionModel(vlmhub.VlmhubMllamaVisionConfig(**MLLAMA_TOWER)), mllama_image_processor()
-    processor = vlmhub.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    return vlmhub.VlmhubCLIPVisionModel(vlmhub.VlmhubCLIPVisionConfig(**TOWER)), processor
+    return vlmhub.VlmhubCLIPVisionModel(vlmhub.VlmhubCLIPVisionConfig(**TOWER)), clip_image_processor()
 
 
 TOWER_LAYOUT = {"VisionTransformer": "clip", "MllamaVisionTower": "mllama"}  # a model's tower class -> the layout that makes it
@@ -417,31 +423,29 @@ def grid_tokens(tower, inputs: dict) -> torch.Tensor:
     if "aspect_ratio_ids" not in inputs:
         return tower(inputs["pixel_values"]).last_hidden_state[:, 1:]
     tiles = tower(**inputs).last_hidden_state[:, 0, :, 1:]  # (B, tiles, patches, width): one image per sample
-    side = TILE // TOWER["patch_size"]
-    B, _, _, width = tiles.shape
+    side, B, width = GRID // 2, tiles.shape[0], tiles.shape[-1]
     return tiles.reshape(B, 2, 2, side, side, width).permute(0, 1, 3, 2, 4, 5).reshape(B, -1, width)
 
 
-def _scenes_batch(processor, rng: random.Random, count: int, grid: int, where: bool = False):
+def _scenes_batch(processor, rng: random.Random, count: int, where: bool = False):
     shapes = [scenes.sample_scene(rng) for _ in range(count)]
     images = [scenes.draw(s, IMAGE_SIZE) for s in shapes]
     tiled = hasattr(processor, "max_image_tiles")  # Mllama's processor takes the images nested per sample
     inputs = processor([[image] for image in images] if tiled else images, return_tensors="pt")
     inputs = {k: v for k, v in inputs.items() if k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
-    return shapes, inputs, torch.stack([parse_targets(s, grid, where) for s in shapes])
+    return shapes, inputs, torch.stack([parse_targets(s, GRID, where) for s in shapes])
 
 
 @torch.inference_mode()
 def evaluate_tower(tower, heads, processor, count: int = 500, seed: int = 777) -> dict:
     """On fresh scenes: how often the patch under each object's centre names its colour, shape and size (and all three)."""
-    grid = IMAGE_SIZE // TOWER["patch_size"]
     rng, right, objects = random.Random(seed), torch.zeros(4), 0
     for start in range(0, count, 50):
-        shapes, inputs, targets = _scenes_batch(processor, rng, min(50, count - start), grid)
+        shapes, inputs, targets = _scenes_batch(processor, rng, min(50, count - start))
         named = torch.stack([logits.argmax(-1) for logits in heads(grid_tokens(tower, inputs))[:3]], -1)
         for i, scene in enumerate(shapes):
             for s in scene:
-                patch = min(grid - 1, int(s.y * grid)) * grid + min(grid - 1, int(s.x * grid))
+                patch = min(GRID - 1, int(s.y * GRID)) * GRID + min(GRID - 1, int(s.x * GRID))
                 hit = named[i, patch] == targets[i, patch, :3]
                 right += torch.cat([hit.float(), hit.all().float()[None]])
                 objects += 1
@@ -455,7 +459,6 @@ def run_tower(out: Path, steps: int, batch_size: int, lr: float, seed: int, layo
     language models need. CLIP's contrastive captions leave that out: the clip recipe's tower binds colour to shape in
     a two-shape scene 69% of the time, and its patch tokens lose colour after the first layer (readable on 86% of
     object patches in the embeddings, 31% after one layer)."""
-    grid = IMAGE_SIZE // TOWER["patch_size"]
     tower, processor = tower_initial(layout, seed)
     heads = SceneParserHeads(tower.config.vision_output_dim if layout == "mllama" else TOWER["hidden_size"], where)
     untrained = evaluate_tower(tower.eval(), heads, processor, count=100)
@@ -466,7 +469,7 @@ def run_tower(out: Path, steps: int, batch_size: int, lr: float, seed: int, layo
     rng, start, history = random.Random(seed), time.perf_counter(), []
     tower.train()
     for step in range(steps):
-        _, inputs, targets = _scenes_batch(processor, rng, batch_size, grid, where)
+        _, inputs, targets = _scenes_batch(processor, rng, batch_size, where)
         loss = sum(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets[..., k].flatten(), ignore_index=-100)
                    for k, logits in enumerate(heads(grid_tokens(tower, inputs))))
         loss.backward()
