@@ -143,6 +143,7 @@ def test_tiled_tower_tokens_go_back_to_their_place_on_the_scene_grid():
 
 
 def test_tower_recipe_parses_mllamas_tiled_tower(tmp_path):
-    recipes.main(["tower", "--layout", "mllama", "--out", str(tmp_path / "tiled"), "--steps", "1", "--batch-size", "2"])
-    assert json.loads((tmp_path / "tiled" / "evaluation.json").read_text())["layout"] == "mllama"
+    recipes.main(["tower", "--layout", "mllama", "--where", "--out", str(tmp_path / "tiled"), "--steps", "1", "--batch-size", "2"])
+    report = json.loads((tmp_path / "tiled" / "evaluation.json").read_text())
+    assert report["layout"] == "mllama" and report["where"]
     recipes.copy_vision_tower(recipes.mllama_initial(tmp_path / "mllama"), tmp_path / "tiled", "vision_model")
