@@ -353,7 +353,6 @@ def run_clip(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> di
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=steps // 20, num_training_steps=steps)
     model.train()
-    history = []
     for step in range(steps):
         shapes = [scenes.sample_scene(rng, max_shapes=rng.choice([1, 1, 2])) for _ in range(batch_size)]
         texts = [" and ".join(f"a {s.colour} {s.shape}" for s in rng.sample(sc, len(sc))) + "." for sc in shapes]
@@ -361,12 +360,11 @@ def run_clip(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> di
         loss = model(**batch, return_loss=True).loss
         loss.backward()
         optimizer.step(), scheduler.step(), optimizer.zero_grad()
-        history.append({"step": step + 1, "loss": loss.item()})
     minutes = (time.perf_counter() - start) / 60
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     report = {"recipe": "clip", "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "train_minutes": round(minutes, 2),
-              "trained": evaluate_clip(model, processor), "untrained": untrained, "final_loss": history[-1]["loss"]}
+              "trained": evaluate_clip(model, processor), "untrained": untrained, "final_loss": loss.item()}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -473,7 +471,7 @@ def run_tower(out: Path, steps: int, batch_size: int, lr: float, seed: int, layo
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)  # then flat to half way, then linear to zero
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1, (step + 1) / warmup) * min(1, 2 * (steps - step) / steps))
-    rng, start, history = random.Random(seed), time.perf_counter(), []
+    rng, start = random.Random(seed), time.perf_counter()
     tower.train()
     for step in range(steps):
         _, inputs, targets = _scenes_batch(processor, rng, batch_size, where)
@@ -481,12 +479,11 @@ def run_tower(out: Path, steps: int, batch_size: int, lr: float, seed: int, layo
                    for k, logits in enumerate(heads(grid_tokens(tower, inputs))))
         loss.backward()
         optimizer.step(), scheduler.step(), optimizer.zero_grad()
-        history.append(loss.item())
     minutes = (time.perf_counter() - start) / 60
     tower.eval().save_pretrained(out)
     processor.save_pretrained(out)
     report = {"recipe": "tower", "layout": layout, "where": where, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "train_minutes": round(minutes, 2),
-              "trained": evaluate_tower(tower, heads, processor), "untrained": untrained, "final_loss": history[-1]}
+              "trained": evaluate_tower(tower, heads, processor), "untrained": untrained, "final_loss": loss.item()}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1))
     return report
 
