@@ -184,9 +184,12 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
         """Ids below vocab_size read the language model's table, the others (the image token) learnable_embedding."""
         vocab = self.config.text_config.vocab_size
         top = vocab + self.config.num_learnable_embeddings
-        if ((input_ids < 0) | (input_ids >= top)).any():
+        low, high = (int(v) for v in input_ids.aminmax()) if input_ids.numel() else (0, 0)
+        if low < 0 or high >= top:
             raise ValueError(f"token ids must lie in 0..{top - 1} (vocab_size {vocab} + {top - vocab} learnable ids), "
-                             f"got {input_ids.min().item()}..{input_ids.max().item()}")
+                             f"got {low}..{high}")
+        if high < vocab:  # text only (every decode step): one lookup
+            return self.get_input_embeddings()(input_ids)
         learnable = input_ids >= vocab
         embeds = self.get_input_embeddings()(input_ids.clamp(max=vocab - 1))
         extra = self.learnable_embedding((input_ids - vocab).clamp(min=0)).to(embeds.dtype)
