@@ -1,5 +1,5 @@
 """The embedded default models: each loads offline with its processor, stays within 10 MB of weights, was evaluated
-on a held-out seed it never trained on (the generative ones: above 94% exact match, the untrained model near 0),
+on a held-out seed it never trained on (the generative ones: at least 95% exact match, the untrained model near 0),
 and the generative ones answer a question about a fresh scene."""
 
 import json
@@ -19,11 +19,11 @@ def test_default_model_loads_small_and_was_evaluated_on_unseen_scenes(name):
     folder = defaults.path(name)
     assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
     report = json.loads((folder / "evaluation.json").read_text())
-    assert report["recipe"] == name and report["train_minutes"] <= 15
+    assert report["recipe"] == name and report.get("train_minutes_total", report["train_minutes"]) <= 15  # every stage
     model, processor = vlmhub.load_default(name)
     assert not model.training
     if name in recipes.GENERATIVE:
-        assert report["heldout_seed"] != report["seed"] and report["trained"]["accuracy"] > 0.94 > 0.1 > report["untrained"]["accuracy"]
+        assert report["heldout_seed"] != report["seed"] and report["trained"]["accuracy"] >= 0.95 > 0.1 > report["untrained"]["accuracy"]
         shapes = scenes.sample_scene(random.Random(11))
         inputs = processor(images=[scenes.draw(shapes, recipes.IMAGE_SIZE)],
                            text=recipes.prompt(processor, "How many shapes are there?"), return_tensors="pt")

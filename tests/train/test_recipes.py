@@ -1,6 +1,6 @@
 """The default-model recipes' training records; the scene parser's targets; the LLaVA, BLIP-2 and Flamingo recipes'
 models start from a tower of their layout 1:1 (the tower recipe's or the CLIP's; Mllama's tiled one) and keep it
-frozen, and refuse one of another layout; every recipe runs end to end (two steps)."""
+frozen, and refuse one of another layout; every recipe runs end to end (two steps), and a second stage continues the first."""
 
 import json
 
@@ -41,11 +41,14 @@ def test_drills_are_one_conversation_per_image_with_every_question(split):
     assert recipes.write_training_records(split, "drills", seed=0).read_text() == path.read_text()
 
 
-def test_llava_recipe_trains_on_drills_and_reports(tmp_path, capsys):
-    recipes.main(["llava", "--out", str(tmp_path / "out"), "--steps", "2", "--batch-size", "2", "--train-images", "3",
-                  "--test-images", "1", "--data", "drills"])
-    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+def test_a_second_stage_trains_on_drills_from_the_first_and_adds_up_the_minutes(tmp_path):
+    common = ["--steps", "2", "--batch-size", "2", "--train-images", "3", "--test-images", "1"]
+    recipes.main(["llava", "--out", str(tmp_path / "qa"), *common])
+    recipes.main(["llava", "--out", str(tmp_path / "out"), *common, "--data", "drills", "--start-from", str(tmp_path / "qa")])
+    first, report = (json.loads((tmp_path / name / "evaluation.json").read_text()) for name in ("qa", "out"))
     assert report["data"] == "drills" and report["steps"] == 2 and 0.0 <= report["trained"]["accuracy"] <= 1.0
+    assert report["start_from"] == str(tmp_path / "qa") and first["train_minutes_total"] == first["train_minutes"]
+    assert report["train_minutes_total"] == pytest.approx(first["train_minutes"] + report["train_minutes"], abs=0.011)
     assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "tokenizer.json").exists()
 
 
