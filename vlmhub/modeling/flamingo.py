@@ -23,7 +23,8 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.flamingo import VlmhubFlamingoConfig
 from .blocks import VisionTransformer
-from .connectors.gated_cross_attention import GatedCrossAttentionLayer, cached_media, insert_cross_attention
+from .connectors.gated_cross_attention import (GatedCrossAttentionLayer, cached_media, insert_cross_attention,
+                                               prepare_media_mask)
 from .connectors.perceiver import PerceiverResampler
 from .pretrained import VlmhubPreTrainedModel
 
@@ -146,7 +147,7 @@ class VlmhubFlamingoForConditionalGeneration(VlmhubFlamingoPreTrainedModel, Gene
         if num_images:
             T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             index = self._image_index(input_ids, image_index, T, past_key_values)
-            mask = media_mask(index, num_images, self.config.num_latents)
+            mask = prepare_media_mask(media_mask(index, num_images, self.config.num_latents))
         return self.language_model(
             input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
             position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, labels=labels,

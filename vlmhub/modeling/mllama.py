@@ -26,7 +26,7 @@ from transformers.utils.generic import can_return_tuple
 from ..configuration.mllama import VlmhubMllamaConfig, VlmhubMllamaVisionConfig
 from .blocks import Encoder, EncoderLayer
 from .blocks.tiling import AspectRatioEmbedding, GatedTilePositionEmbedding
-from .connectors.gated_cross_attention import GatedCrossAttentionLayer, insert_cross_attention
+from .connectors.gated_cross_attention import GatedCrossAttentionLayer, insert_cross_attention, prepare_media_mask
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -238,7 +238,7 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
             cross_attention_states = image_tokens.flatten(1, 3)  # (B, images * tiles * tokens, text hidden)
         media_mask = None
         if cross_attention_mask is not None:
-            media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], past_key_values)
+            media_mask = prepare_media_mask(self.media_mask(cross_attention_mask, inputs_embeds.shape[1], past_key_values))
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

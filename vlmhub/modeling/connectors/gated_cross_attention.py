@@ -7,6 +7,8 @@ and their mask arrive as forward arguments, and the media keys/values, when cach
 passed to every call (`past_key_values`), at the slot `layer_idx` of the block.
 """
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
@@ -49,7 +51,7 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
     (Flamingo: 8 x 64 whatever the LM's width).
 
     Shapes: hidden_states (B, T, D); media_states (B, S, media_dim); media_mask boolean (B, T, S), True = may attend,
-    None = everything visible.
+    or that mask prepared once for all the layers of a forward (`prepare_media_mask`); None = everything visible.
     """
 
     def __init__(self, config, *, hidden_size: int, num_heads: int, num_kv_heads: int | None = None,
@@ -106,19 +108,33 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
         return cached_media(past_key_values, self.layer_idx)
 
 
+class MediaMask(NamedTuple):
+    """A media mask prepared once per forward for every cross-attention layer (`prepare_media_mask`)."""
+
+    attend: torch.Tensor  # (B, 1, T, S) boolean: may attend, with fully masked rows opened up
+    row: torch.Tensor  # (B, T, 1) boolean: the token sees at least one media token
+
+
+def prepare_media_mask(media_mask: torch.Tensor | None) -> MediaMask | None:
+    """Boolean (B, T, S) media mask -> MediaMask, so that the layers of one forward share it; None stays None."""
+    if media_mask is None or isinstance(media_mask, MediaMask):
+        return media_mask
+    media_mask = media_mask.bool()
+    sees_media = media_mask.any(-1, keepdim=True)  # (B, T, 1)
+    return MediaMask(attend=(media_mask | ~sees_media)[:, None], row=sees_media)  # a row that sees nothing attends everywhere, then gets zeroed
+
+
 def _visibility(media_mask, hidden_states, num_media_tokens: int):
-    """Boolean attention mask (B, 1, T, S) with fully masked rows opened up, and the row mask (B, T, 1) in the
-    hidden dtype (1 = the token sees some media); (None, None) when everything is visible."""
+    """The boolean attention mask (B, 1, T, S) and row mask (B, T, 1) of a media mask (a boolean (B, T, S) tensor or
+    a MediaMask); (None, None) when everything is visible."""
     if media_mask is None:
         return None, None
     B, T = hidden_states.shape[:2]
-    if media_mask.shape != (B, T, num_media_tokens):
+    shape = (media_mask.attend.shape[0], *media_mask.attend.shape[2:]) if isinstance(media_mask, MediaMask) else media_mask.shape
+    if tuple(shape) != (B, T, num_media_tokens):
         raise ValueError(f"media_mask must have shape (batch, text tokens, media tokens) = {(B, T, num_media_tokens)}, "
-                         f"got {tuple(media_mask.shape)}")
-    media_mask = media_mask.bool()
-    sees_media = media_mask.any(-1, keepdim=True)  # (B, T, 1)
-    attend = media_mask | ~sees_media  # a row that sees nothing attends everywhere, then gets zeroed
-    return attend[:, None], sees_media.to(hidden_states.dtype)
+                         f"got {tuple(shape)}")
+    return prepare_media_mask(media_mask)
 
 
 def cached_media(past_key_values: Cache | None, slot: int):
