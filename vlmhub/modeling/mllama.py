@@ -25,6 +25,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.mllama import VlmhubMllamaConfig, VlmhubMllamaVisionConfig
 from .blocks import Encoder, EncoderLayer
+from .blocks.attention import additive_mask
 from .blocks.tiling import AspectRatioEmbedding, GatedTilePositionEmbedding
 from .connectors.gated_cross_attention import GatedCrossAttentionLayer, insert_cross_attention, prepare_media_mask
 from .pretrained import VlmhubPreTrainedModel
@@ -68,7 +69,7 @@ class MllamaVisionTower(nn.Module):
         ids = aspect_ratio_ids.reshape(B * I)
         x = self.pre_layernorm(self.embed(pixel_values.flatten(0, 1), ids))
         x = nn.functional.pad(x, (0, 0, 0, L - N1)).flatten(1, 2)  # zero pad tokens per tile: (BI, T*L, D)
-        mask = encoder_attention_mask(aspect_ratio_mask.reshape(B * I, T), N1, L)
+        mask = additive_mask(encoder_attention_mask(aspect_ratio_mask.reshape(B * I, T), N1, L), x.dtype)
         x, taken = run_taking_inputs(self.encoder, x, mask, self.config.intermediate_layers_indices)
         x = self.post_tile_embedding(self.post_layernorm(x).view(B * I, T, L, -1), ids)
         x = self.global_encoder(x.flatten(1, 2), mask).last_hidden_state

@@ -31,6 +31,12 @@ def eager_attention(module, query, key, value, attention_mask, scaling, dropout=
     return out, weights
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = attend) -> additive mask in `dtype`: 0 or the dtype's minimum, as transformers builds its
+    masks. Made once per forward, it spares SDPA converting a boolean mask in every layer."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * weight, computed in float32 (Llama's and Meta's RMSNorm)."""
 

@@ -7,15 +7,13 @@ and their mask arrive as forward arguments, and the media keys/values, when cach
 passed to every call (`past_key_values`), at the slot `layer_idx` of the block.
 """
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..blocks.attention import Attention, RMSNorm
+from ..blocks.attention import Attention, RMSNorm, additive_mask
 from ..blocks.mlp import MLP
 
 NORMS = ("rms", "layer")
@@ -108,33 +106,40 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
         return cached_media(past_key_values, self.layer_idx)
 
 
-class MediaMask(NamedTuple):
-    """A media mask prepared once per forward for every cross-attention layer (`prepare_media_mask`)."""
+class MediaMask:
+    """A boolean (B, T, S) media mask prepared once per forward for all its cross-attention layers
+    (`prepare_media_mask`): the row mask, and the attention mask with fully masked rows opened up, made additive once
+    per dtype."""
 
-    attend: torch.Tensor  # (B, 1, T, S) boolean: may attend, with fully masked rows opened up
-    row: torch.Tensor  # (B, T, 1) boolean: the token sees at least one media token
+    def __init__(self, media_mask: torch.Tensor):
+        media_mask = media_mask.bool()
+        self.shape = tuple(media_mask.shape)
+        self.row = media_mask.any(-1, keepdim=True)  # (B, T, 1): the token sees at least one media token
+        self.attend = (media_mask | ~self.row)[:, None]  # (B, 1, T, S): a row that sees nothing attends everywhere, then gets zeroed
+        self._additive = {}
+
+    def additive(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._additive:
+            self._additive[dtype] = additive_mask(self.attend, dtype)
+        return self._additive[dtype]
 
 
 def prepare_media_mask(media_mask: torch.Tensor | None) -> MediaMask | None:
     """Boolean (B, T, S) media mask -> MediaMask, so that the layers of one forward share it; None stays None."""
-    if media_mask is None or isinstance(media_mask, MediaMask):
-        return media_mask
-    media_mask = media_mask.bool()
-    sees_media = media_mask.any(-1, keepdim=True)  # (B, T, 1)
-    return MediaMask(attend=(media_mask | ~sees_media)[:, None], row=sees_media)  # a row that sees nothing attends everywhere, then gets zeroed
+    return media_mask if media_mask is None or isinstance(media_mask, MediaMask) else MediaMask(media_mask)
 
 
 def _visibility(media_mask, hidden_states, num_media_tokens: int):
-    """The boolean attention mask (B, 1, T, S) and row mask (B, T, 1) of a media mask (a boolean (B, T, S) tensor or
-    a MediaMask); (None, None) when everything is visible."""
+    """The additive attention mask (B, 1, T, S) in the hidden dtype and the boolean row mask (B, T, 1) of a media
+    mask (a boolean (B, T, S) tensor or a MediaMask); (None, None) when everything is visible."""
     if media_mask is None:
         return None, None
     B, T = hidden_states.shape[:2]
-    shape = (media_mask.attend.shape[0], *media_mask.attend.shape[2:]) if isinstance(media_mask, MediaMask) else media_mask.shape
-    if tuple(shape) != (B, T, num_media_tokens):
+    if tuple(media_mask.shape) != (B, T, num_media_tokens):
         raise ValueError(f"media_mask must have shape (batch, text tokens, media tokens) = {(B, T, num_media_tokens)}, "
-                         f"got {tuple(shape)}")
-    return prepare_media_mask(media_mask)
+                         f"got {tuple(media_mask.shape)}")
+    media_mask = prepare_media_mask(media_mask)
+    return media_mask.additive(hidden_states.dtype), media_mask.row
 
 
 def cached_media(past_key_values: Cache | None, slot: int):
