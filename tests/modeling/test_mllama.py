@@ -9,6 +9,7 @@ from vlmhub.modeling.blocks.tiling import AspectRatioEmbedding, GatedTilePositio
 from vlmhub.modeling.connectors.gated_cross_attention import (
     DecoderLayerWithCrossAttention,
     GatedCrossAttentionLayer,
+    prepare_media_mask,
 )
 from vlmhub.modeling.mllama import VlmhubMllamaForConditionalGeneration, VlmhubMllamaVisionModel
 from vlmhub.processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor
@@ -121,6 +122,25 @@ def test_rows_without_media_give_no_nan_and_are_zeroed_as_configured():
         assert torch.isfinite(out).all()
         assert torch.equal(out[:, :2], x[:, :2]) == both  # Meta zeroes attention and MLP; transformers the MLP only
         assert not torch.allclose(out[:, 2:], x[:, 2:])
+
+
+def test_a_media_mask_prepared_once_answers_as_the_boolean_one_in_every_dtype():
+    x, media = torch.randn(2, 5, 32), torch.randn(2, 7, 24)
+    mask = torch.rand(2, 5, 7) > 0.5
+    mask[:, 0] = False  # a row that sees nothing
+    layer = block(mask_rows_in_attention=True)
+    prepared = prepare_media_mask(mask)
+    assert prepare_media_mask(prepared) is prepared and prepare_media_mask(None) is None
+    with torch.no_grad():
+        layer.attn_gate.fill_(1.0), layer.mlp_gate.fill_(1.0)
+        assert torch.equal(layer(x, media, prepared), layer(x, media, mask))
+        assert torch.equal(layer(x, media, prepared), layer(x, media, prepared))
+    additive = prepared.additive(torch.float32)
+    assert prepared.additive(torch.float32) is additive  # made once, shared by the layers of a forward
+    assert torch.equal(additive == 0, (mask | ~mask.any(-1, keepdim=True))[:, None])
+    assert prepared.additive(torch.bfloat16).min() == torch.finfo(torch.bfloat16).min
+    with pytest.raises(ValueError, match=r"media_mask must have shape .* = \(2, 5, 9\), got \(2, 5, 7\)"):
+        block()(x, torch.randn(2, 9, 24), prepared)
 
 
 def test_tile_embeddings_start_as_identity():

@@ -239,7 +239,8 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
             cross_attention_states = image_tokens.flatten(1, 3)  # (B, images * tiles * tokens, text hidden)
         media_mask = None
         if cross_attention_mask is not None:
-            media_mask = prepare_media_mask(self.media_mask(cross_attention_mask, inputs_embeds.shape[1], past_key_values))
+            media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], past_key_values)
+            media_mask = prepare_media_mask(media_mask)  # once for every cross-attention layer
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

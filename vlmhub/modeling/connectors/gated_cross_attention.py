@@ -115,7 +115,8 @@ class MediaMask:
         media_mask = media_mask.bool()
         self.shape = tuple(media_mask.shape)
         self.row = media_mask.any(-1, keepdim=True)  # (B, T, 1): the token sees at least one media token
-        self.attend = (media_mask | ~self.row)[:, None]  # (B, 1, T, S): a row that sees nothing attends everywhere, then gets zeroed
+        # (B, 1, T, S): a row that sees nothing attends everywhere (no NaN), then gets zeroed
+        self.attend = (media_mask | ~self.row)[:, None]
         self._additive = {}
 
     def additive(self, dtype: torch.dtype) -> torch.Tensor:
