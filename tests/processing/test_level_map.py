@@ -10,7 +10,7 @@ from PIL import Image
 import vlmhub
 from vlmhub.processing import llava
 from vlmhub.processing.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from vlmhub.processing.image import LevelMap, normalize, pil_to_tensor, pixel_planes, rescale, write_tiles
+from vlmhub.processing.image import LevelMap, level_map, normalize, pil_to_tensor, pixel_planes, rescale, write_tiles
 
 SETTINGS = {
     "clip": (True, 1 / 255, True, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
@@ -29,6 +29,13 @@ def two_steps(pixels: torch.Tensor, do_rescale, factor, do_normalize, mean, std)
 def random_image(h, w, seed=0, mode="RGB"):
     pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     return Image.fromarray(pixels).convert(mode)
+
+
+def test_a_level_map_is_built_once_per_setting():
+    clip = level_map(True, 1 / 255, True, list(OPENAI_CLIP_MEAN), np.array(OPENAI_CLIP_STD))
+    assert level_map(True, 1 / 255, True, tuple(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)) is clip
+    assert level_map(*SETTINGS["half"]) is not clip and level_map(*SETTINGS["rescale-only"]).mean is None
+    assert torch.equal(clip.table, LevelMap(*SETTINGS["clip"]).table)
 
 
 @pytest.mark.parametrize("name", SETTINGS)

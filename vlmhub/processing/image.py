@@ -16,6 +16,7 @@ steps), and `write_tiles` cuts a black-padded canvas into tiles without building
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
@@ -222,6 +223,18 @@ class LevelMap:
             np.take(table[c], plane, out=target[c], mode="clip")  # clip: no index checks (uint8 is in range)
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_level_map(do_rescale, factor, do_normalize, mean, std, channels) -> LevelMap:
+    return LevelMap(do_rescale, factor, do_normalize, mean, std, channels)
+
+
+def level_map(do_rescale: bool, factor: float, do_normalize: bool, mean, std, channels: int = 3) -> LevelMap:
+    """The LevelMap of these settings, built once per process: building one checks all 256 levels (0.3 ms, a tenth
+    of tiling a 2000x500 image). A LevelMap is never written after it is built, so processor calls share it."""
+    frozen = lambda v: tuple(np.ravel(v).tolist()) if v is not None and np.ndim(v) else v  # lists, arrays -> tuples
+    return _cached_level_map(bool(do_rescale), factor, bool(do_normalize), frozen(mean), frozen(std), channels)
+
+
 def _divisor(factor: float) -> float:
     """1 / factor, as the integer it is meant to be when close to one (1/255 -> 255.0, so x / 255 is one rounding)."""
     inverse = 1.0 / factor
@@ -258,7 +271,7 @@ def rescale_normalize(image: Image.Image, factor: float, mean, std, out: torch.T
     planes = pixel_planes(image)  # C x (H, W) uint8
     levels = {} if levels is None else levels
     if len(planes) not in levels:
-        levels[len(planes)] = LevelMap(True, factor, True, mean, std, channels=len(planes))
+        levels[len(planes)] = level_map(True, factor, True, mean, std, channels=len(planes))
     out = torch.empty(len(planes), *planes[0].shape) if out is None else out
     levels[len(planes)].write(planes, out)
     return out

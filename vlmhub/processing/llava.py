@@ -15,7 +15,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin
 from ..geometry.anyres import anyres_num_tokens, fit_within, grid_shape
 from .base import TransformersFormatMixin
 from .clip import VlmhubCLIPImageProcessor
-from .image import BICUBIC, LevelMap, pixel_planes, preprocess_image, resize, resized_size, write_tiles
+from .image import BICUBIC, LevelMap, level_map, pixel_planes, preprocess_image, resize, resized_size, write_tiles
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -68,8 +68,8 @@ class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
         if not crops_pass_unchanged(crop, options) or any(image.mode != "RGB" for image in images):
             return self._anyres_through_pil(images, pinpoints, crop, return_tensors, **options)
         plans = [anyres_plan((image.height, image.width), pinpoints, crop) for image in images]
-        levels = LevelMap(options["do_rescale"], options["rescale_factor"], options["do_normalize"],
-                          options["image_mean"], options["image_std"], channels=3)
+        levels = level_map(options["do_rescale"], options["rescale_factor"], options["do_normalize"],
+                           options["image_mean"], options["image_std"], channels=3)
         crops = max(1 + rows * cols for (rows, cols), _, _ in plans)
         # zeros for unused crops; np.zeros of a large array gets pages the OS has zeroed, written only here
         pixel_values = np.zeros((len(images), crops, 3, crop, crop), dtype=np.float32)

@@ -27,7 +27,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin, Unpack
 
 from .base import TransformersFormatMixin
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .image import BILINEAR, LevelMap, convert_rgb, load_image, pixel_planes, to_pil, write_tiles
+from .image import BILINEAR, LevelMap, convert_rgb, level_map, load_image, pixel_planes, to_pil, write_tiles
 from .tiling import TilePlan, aspect_ratio_id, plan_tiles
 
 IMAGE_TOKEN = "<|image|>"
@@ -124,7 +124,7 @@ class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
                 raise ValueError(f"sample {row} has {n} images, more than max_images_per_sample={max_images_per_sample};"
                                  f" split it or raise the limit")
         tile, B, I = size.height, len(images), max(counts)
-        levels = LevelMap(do_rescale, rescale_factor, do_normalize, image_mean, image_std, channels=3)
+        levels = level_map(do_rescale, rescale_factor, do_normalize, image_mean, image_std, channels=3)
         # zeros for absent tiles and images; np.zeros of a large array gets pages the OS has zeroed, written only here
         pixel_values = np.zeros((B, I, max_image_tiles, 3, tile, tile), dtype=np.float32)
         out = torch.from_numpy(pixel_values)  # the same memory
