@@ -265,7 +265,9 @@ def run_generative(recipe: str, out: Path, steps: int, batch_size: int, lr: floa
     minutes = (time.perf_counter() - start) / 60
     trained = evaluate(AutoModelForImageTextToText.from_pretrained(out), AutoProcessor.from_pretrained(out), work / "heldout")
     # a second stage adds its minutes to those of the run it continues (its evaluation.json, when it has one)
-    earlier = json.loads(stage.read_text()) if start_from and (stage := Path(start_from) / "evaluation.json").exists() else {}
+    earlier = {}
+    if start_from and (Path(start_from) / "evaluation.json").exists():
+        earlier = json.loads((Path(start_from) / "evaluation.json").read_text())
     report = {"recipe": recipe, "data": data, "vision_from": str(vision_from) if vision_from else None,
               "start_from": str(start_from) if start_from else None, "steps": steps, "batch_size": batch_size, "lr": lr, "train_images": train_images,
               "seed": seed, "heldout_seed": seed + 777, "train_minutes": round(minutes, 2),
