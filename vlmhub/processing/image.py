@@ -266,18 +266,13 @@ def write_tiles(out: torch.Tensor, planes, grid: tuple[int, int], offset: tuple[
                     part.copy_(levels.black.expand_as(part))
 
 
-def rescale_normalize(image: Image.Image, factor: float, mean, std, out: torch.Tensor | None = None,
-                      levels: dict[int, LevelMap] | None = None) -> torch.Tensor:
-    """normalize(rescale(pixels)) of an 8-bit image through a `LevelMap`: the same float32 values as the two steps,
-    several times faster on large crops. Writes into `out` (C, H, W) float32 when given, so batches are filled in
-    place. `levels`: level maps of these factor, mean and std by channel count, shared by the images of one call
-    (filled here as needed), so a batch builds its map once."""
+def rescale_normalize(image: Image.Image, factor: float, mean, std, out: torch.Tensor | None = None) -> torch.Tensor:
+    """normalize(rescale(pixels)) of an 8-bit image through a `LevelMap` (built once per setting, `level_map`): the
+    same float32 values as the two steps, several times faster on large crops. Writes into `out` (C, H, W) float32
+    when given, so batches are filled in place."""
     planes = pixel_planes(image)  # C x (H, W) uint8
-    levels = {} if levels is None else levels
-    if len(planes) not in levels:
-        levels[len(planes)] = level_map(True, factor, True, mean, std, channels=len(planes))
     out = torch.empty(len(planes), *planes[0].shape) if out is None else out
-    levels[len(planes)].write(planes, out)
+    level_map(True, factor, True, mean, std, channels=len(planes)).write(planes, out)
     return out
 
 
@@ -300,16 +295,16 @@ def resize_to_size_dict(image: Image.Image, size: SizeDict, resample: int) -> Im
 
 def preprocess_image(
     image: Image.Image, *, do_resize, size, resample, do_center_crop, crop_size, do_rescale, rescale_factor,
-    do_normalize, image_mean, image_std, out: torch.Tensor | None = None, levels: dict | None = None, **unused,
+    do_normalize, image_mean, image_std, out: torch.Tensor | None = None, **unused,
 ) -> torch.Tensor:
     """The whole pipeline for one image, with the resolved arguments of a processor call: (C, H, W) float32
-    (written into `out` when given and the image is rescaled and normalised; `levels` as in `rescale_normalize`)."""
+    (written into `out` when given and the image is rescaled and normalised)."""
     if do_resize:
         image = resize_to_size_dict(image, size, resample)
     if do_center_crop:
         image = center_crop(image, (crop_size.height, crop_size.width))
     if do_rescale and do_normalize:
-        return rescale_normalize(image, rescale_factor, image_mean, image_std, out=out, levels=levels)
+        return rescale_normalize(image, rescale_factor, image_mean, image_std, out=out)
     pixels = pil_to_tensor(image)
     pixels = rescale(pixels, rescale_factor) if do_rescale else pixels.float()
     return normalize(pixels, image_mean, image_std) if do_normalize else pixels
@@ -346,6 +341,5 @@ class ResizeCropImageProcessor(BaseImageProcessor):
     def _preprocess(self, images: list[Image.Image], return_tensors=None, do_pad=None, **options) -> BatchFeature:
         if do_pad:
             raise ValueError(f"{type(self).__name__} does not pad; resize or crop to a fixed size instead")
-        levels = {}  # the level maps of this call, by channel count
-        pixel_values = [preprocess_image(image, levels=levels, **options) for image in images]  # each (C, H, W)
+        pixel_values = [preprocess_image(image, **options) for image in images]  # each (C, H, W)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)

@@ -83,10 +83,9 @@ class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
         """The general path: PIL crops, each through the whole CLIP pipeline (resize, centre crop, ...)."""
         crops = [anyres_crops(image, pinpoints, crop) for image in images]
         pixel_values = torch.empty(len(images), max(map(len, crops)), 3, crop, crop)
-        levels = {}  # the level maps of this call, by channel count
         for i, image_crops in enumerate(crops):
             for j, c in enumerate(image_crops):
-                pixel_values[i, j] = preprocess_image(c, out=pixel_values[i, j], levels=levels, **options)
+                pixel_values[i, j] = preprocess_image(c, out=pixel_values[i, j], **options)
             pixel_values[i, len(image_crops):] = 0  # unused crops of images with a smaller grid
         sizes = torch.tensor([[image.height, image.width] for image in images])
         return BatchFeature(data={"pixel_values": pixel_values, "image_sizes": sizes}, tensor_type=return_tensors)
