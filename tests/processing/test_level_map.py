@@ -10,7 +10,8 @@ from PIL import Image
 import vlmhub
 from vlmhub.processing import llava
 from vlmhub.processing.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from vlmhub.processing.image import LevelMap, level_map, normalize, pil_to_tensor, pixel_planes, rescale, write_tiles
+from vlmhub.processing.image import (LevelMap, level_map, normalize, pil_to_tensor, pixel_planes, rescale, tile_array,
+                                    write_tiles)
 
 SETTINGS = {
     "clip": (True, 1 / 255, True, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
@@ -51,6 +52,26 @@ def test_level_map_equals_the_two_steps_on_every_level_and_layout(name):
     assert torch.equal(levels.black[:, 0, 0], expected[:, 0, 0])  # level 0 (black) is the padding value
 
 
+@pytest.mark.parametrize("name", ["clip", "odd-factor"])  # the arithmetic and the lookup
+def test_level_map_writes_black_beside_a_narrower_plane(name):
+    levels = LevelMap(*SETTINGS[name])
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(16, 16).expand(3, 16, 16)[:, :, :10]  # (3, 16, 10)
+    out = torch.full((3, 20, 24), 7.0)
+    levels.write([p.numpy() for p in pixels], out[:, 2:18, 4:20], left=3)  # columns 3..12 of 16
+    rows = out[:, 2:18, 4:20]
+    assert torch.equal(rows[:, :, 3:13], two_steps(pixels, *SETTINGS[name]))
+    assert torch.equal(rows[:, :, :3], levels.black.expand(3, 16, 3))
+    assert torch.equal(rows[:, :, 13:], levels.black.expand(3, 16, 3))
+    assert (out[:, :2] == 7).all() and (out[:, :, :4] == 7).all() and (out[:, :, 20:] == 7).all()  # nothing else
+
+
+def test_tile_arrays_come_zeroed_only_where_that_is_free():
+    small, zeroed = tile_array((1, 4, 3, 56, 56))
+    assert small.shape == (1, 4, 3, 56, 56) and small.dtype == np.float32 and not zeroed  # reused heap: not cleared
+    large, zeroed = tile_array((6, 4, 3, 560, 560))  # 90 MB: a fresh mapping
+    assert zeroed and not large.any()
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
 def test_pixel_planes_are_the_channels(mode):
     image = random_image(5, 7, mode=mode)
@@ -80,7 +101,10 @@ def test_write_tiles_equals_a_padded_canvas_cut_into_tiles(grid, offset):
     (dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, rescale_factor=0.0039), True),
     (dict(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}), False),  # crops are resized again
 ])
-def test_anyres_crops_written_in_place_equal_the_pil_crops(monkeypatch, settings, fast):
+@pytest.mark.parametrize("zeroed", [False, True], ids=["dirty-memory", "zeroed-memory"])
+def test_anyres_crops_written_in_place_equal_the_pil_crops(monkeypatch, settings, fast, zeroed):
+    monkeypatch.setattr(llava, "tile_array", lambda shape: (np.zeros(shape, np.float32), True) if zeroed
+                        else (np.full(shape, np.nan, np.float32), False))  # reused memory may hold anything
     pinpoints = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
     processor = vlmhub.LlavaImageProcessor(image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, **settings)
     images = [random_image(h, w, i) for i, (h, w) in enumerate([(45, 75), (60, 25), (28, 28), (100, 10), (7, 9), (1, 1)])]

@@ -13,6 +13,7 @@ from transformers.models.mllama import image_processing_pil_mllama as hf_tiling
 from transformers.models.mllama.processing_mllama import get_cross_attention_token_mask
 
 from tests.modeling.test_mllama import register
+from vlmhub.processing import mllama as mllama_processing
 from vlmhub.processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor, image_spans
 from vlmhub.processing.tiling import (
     aspect_ratio_id,
@@ -124,7 +125,15 @@ def test_image_processor_equals_transformers(scale):
         assert_same(theirs(im, return_tensors="pt"), ours(im, return_tensors="pt"))
 
 
-def test_batches_of_different_image_counts_equal_transformers():
+def dirty_or_zeroed(zeroed: bool):
+    """A stand-in for `image.tile_array`: memory full of NaN (as reused heap memory may hold anything) that the
+    processor must overwrite everywhere, or zeros it may leave where no tile goes."""
+    return lambda shape: (np.zeros(shape, np.float32), True) if zeroed else (np.full(shape, np.nan, np.float32), False)
+
+
+@pytest.mark.parametrize("zeroed", [False, True], ids=["dirty-memory", "zeroed-memory"])
+def test_batches_of_different_image_counts_equal_transformers(monkeypatch, zeroed):
+    monkeypatch.setattr(mllama_processing, "tile_array", dirty_or_zeroed(zeroed))
     theirs, ours = pair(tile=56)
     batch = [[image(80, 60), image(30, 20, 1, mode="RGBA")], [], [image(20, 50, 2, mode="L")]]
     a, b = theirs(batch, return_tensors="pt"), ours(batch, return_tensors="pt")

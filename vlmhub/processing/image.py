@@ -183,44 +183,50 @@ class LevelMap:
 
     Each output value depends only on its pixel's level, so any elementwise computation that gives the table on all
     256 levels gives the two-step result bit for bit. Three float32 operations after the exact uint8 -> float32 cast,
-    (x / divisor - mean) / std, usually do (each is one correctly rounded IEEE operation, the same in torch's
+    (x / divisor - mean) / std, usually do (each is one correctly rounded IEEE operation, the same in numpy's
     vectorised and scalar loops); that is checked here on every level, through both a contiguous and a strided
     layout, and they are used when they agree: about 3x faster than a lookup. Otherwise the table is looked up.
+    The cast rides in the first division (numpy casts in the ufunc's buffered loop), and one channel is finished
+    before the next, so a tile's plane (1.2 MB at 560 px) stays in cache for all three steps.
     """
 
     def __init__(self, do_rescale: bool, factor: float, do_normalize: bool, mean, std, channels: int = 3):
         self.table = level_table(do_rescale, factor, do_normalize, mean, std, channels)  # (C, 256)
         self.black = self.table[:, :1, None]  # (C, 1, 1): the value of level 0, for padding
-        self.divisor = _divisor(factor) if do_rescale and factor else 1.0  # factor 0: the check fails, lookup
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1) if do_normalize else None
-        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1) if do_normalize else None
+        self.divisor = np.float32(_divisor(factor) if do_rescale and factor else 1.0)  # factor 0: the check fails
+        self.mean = np.broadcast_to(np.float32(mean), channels) if do_normalize else None  # one per channel
+        self.std = np.broadcast_to(np.float32(std), channels) if do_normalize else None
         self.arithmetic = self._reproduces_table()
 
-    def _compute(self, planes, out: torch.Tensor) -> None:
-        target = out.numpy()  # the same memory
-        for c, plane in enumerate(planes):
-            np.copyto(target[c], plane, casting="unsafe")  # uint8 -> float32, exact
-        out.div_(self.divisor)
-        if self.mean is not None:
-            out.sub_(self.mean).div_(self.std)
+    def _compute(self, planes, out: np.ndarray, left: int) -> None:
+        for c, (plane, values) in enumerate(zip(planes, out)):
+            image = values[:, left : left + plane.shape[1]]
+            np.divide(plane, self.divisor, out=image, dtype=np.float32, casting="unsafe")  # exact cast, then / d
+            values[:, :left] = values[:, left + plane.shape[1] :] = 0  # level 0 (black) on both sides: 0 / d = 0
+            if self.mean is not None:
+                np.subtract(values, self.mean[c], out=values)
+                np.divide(values, self.std[c], out=values)
 
     def _reproduces_table(self) -> bool:
         C = self.table.shape[0]
         levels = np.arange(256, dtype=np.uint8)[None].repeat(2, axis=0)  # (2, 256)
-        dense, strided = torch.empty(C, 1, 256), torch.empty(C, 1, 512)[..., ::2]
-        self._compute([levels[:1]] * C, dense)
-        self._compute([levels.T.reshape(1, 512)[:, ::2]] * C, strided)  # non-contiguous: the scalar loops
-        expected = self.table[:, None]
-        return torch.equal(dense, expected) and torch.equal(strided, expected)
+        dense, strided = np.empty((C, 1, 256), np.float32), np.empty((C, 1, 512), np.float32)[..., ::2]
+        self._compute([levels[:1]] * C, dense, 0)
+        self._compute([levels.T.reshape(1, 512)[:, ::2]] * C, strided, 0)  # non-contiguous: the scalar loops
+        expected = self.table[:, None].numpy()
+        return np.array_equal(dense, expected) and np.array_equal(strided, expected)
 
-    def write(self, planes, out: torch.Tensor) -> None:
-        """out (C, h, w) float32 (a view, written in place) <- the values of C uint8 planes (h, w)."""
-        if self.arithmetic:
-            self._compute(planes, out)
+    def write(self, planes, out: torch.Tensor, left: int = 0) -> None:
+        """out (C, h, W) float32 (a view, written in place) <- the values of C uint8 planes (h, w) in columns
+        [left, left + w), the value of black in the other columns of those rows (none when w == W)."""
+        target = out.numpy()  # the same memory
+        if self.arithmetic:  # the padding columns go through the arithmetic too: whole rows are faster than parts
+            self._compute(planes, target, left)
             return
-        target, table = out.numpy(), self.table.numpy()
-        for c, plane in enumerate(planes):
-            np.take(table[c], plane, out=target[c], mode="clip")  # clip: no index checks (uint8 is in range)
+        table = self.table.numpy()
+        for c, (plane, values) in enumerate(zip(planes, target)):
+            np.take(table[c], plane, out=values[:, left : left + plane.shape[1]], mode="clip")  # uint8: in range
+            values[:, :left] = values[:, left + plane.shape[1] :] = table[c, 0]
 
 
 @functools.lru_cache(maxsize=32)
@@ -245,10 +251,25 @@ def _divisor(factor: float) -> float:
     return float(round(inverse)) if abs(inverse - round(inverse)) < 1e-9 * inverse else inverse
 
 
+# glibc's mmap threshold grows with the blocks a process frees but never past 32 MiB (on 64-bit): larger blocks are
+# always new mappings, whose pages the OS hands out zeroed when first touched.
+_ALWAYS_MAPPED_BYTES = 32 * 2**20
+
+
+def tile_array(shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """(float32 array of `shape`, whether it is already zero) for tiles written in place, where absent tiles must be
+    zero. Above 32 MiB, np.zeros is free (fresh pages) and absent tiles need no writing; below, a block is usually
+    reused heap memory that np.zeros would clear in full before the tiles overwrite it, so it comes uncleared and
+    the caller writes zeros only where no tile goes."""
+    zeroed = int(np.prod(shape)) * 4 > _ALWAYS_MAPPED_BYTES
+    return (np.zeros if zeroed else np.empty)(shape, dtype=np.float32), zeroed
+
+
 def write_tiles(out: torch.Tensor, planes, grid: tuple[int, int], offset: tuple[int, int], levels: LevelMap) -> None:
     """Paste an image given as C uint8 `planes` (h, w) at `offset` (top, left) on a black canvas of `grid` (rows, cols)
     tiles of side t, and write the canvas cut row-major into out[:rows * cols] (tiles, C, t, t) float32 through
-    `levels`. Each value is written once: image pixels through the level map, the rest with the value of black."""
+    `levels`. Each value is written once: the rows holding image pixels through the level map (black on either
+    side), the other rows with the value of black."""
     rows, cols = grid
     t, (top, left), (h, w) = out.shape[-1], offset, planes[0].shape
     for r in range(rows):
@@ -260,8 +281,8 @@ def write_tiles(out: torch.Tensor, planes, grid: tuple[int, int], offset: tuple[
                 tile.copy_(levels.black.expand_as(tile))
                 continue
             sy, sx = r * t - top, c * t - left  # tile coordinates -> image coordinates
-            levels.write([p[y0 + sy : y1 + sy, x0 + sx : x1 + sx] for p in planes], tile[:, y0:y1, x0:x1])
-            for part in (tile[:, :y0], tile[:, y1:], tile[:, y0:y1, :x0], tile[:, y0:y1, x1:]):
+            levels.write([p[y0 + sy : y1 + sy, x0 + sx : x1 + sx] for p in planes], tile[:, y0:y1], left=x0)
+            for part in (tile[:, :y0], tile[:, y1:]):
                 if part.numel():
                     part.copy_(levels.black.expand_as(part))
 

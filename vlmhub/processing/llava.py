@@ -15,7 +15,8 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin
 from ..geometry.anyres import anyres_num_tokens, fit_within, grid_shape
 from .base import TransformersFormatMixin
 from .clip import VlmhubCLIPImageProcessor
-from .image import BICUBIC, LevelMap, level_map, pixel_planes, preprocess_image, resize, resized_size, write_tiles
+from .image import (BICUBIC, LevelMap, level_map, pixel_planes, preprocess_image, resize, resized_size, tile_array,
+                    write_tiles)
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -71,11 +72,12 @@ class VlmhubLlavaImageProcessor(VlmhubCLIPImageProcessor):
         levels = level_map(options["do_rescale"], options["rescale_factor"], options["do_normalize"],
                            options["image_mean"], options["image_std"], channels=3)
         crops = max(1 + rows * cols for (rows, cols), _, _ in plans)
-        # zeros for unused crops; np.zeros of a large array gets pages the OS has zeroed, written only here
-        pixel_values = np.zeros((len(images), crops, 3, crop, crop), dtype=np.float32)
+        pixel_values, zeroed = tile_array((len(images), crops, 3, crop, crop))
         out = torch.from_numpy(pixel_values)  # the same memory
         for i, (image, plan) in enumerate(zip(images, plans)):
             write_anyres_crops(out[i], image, plan, levels)
+            if not zeroed:
+                out[i, 1 + plan[0][0] * plan[0][1] :] = 0  # unused crops of images with a smaller grid
         sizes = torch.tensor([[image.height, image.width] for image in images])
         return BatchFeature(data={"pixel_values": out, "image_sizes": sizes}, tensor_type=return_tensors)
 

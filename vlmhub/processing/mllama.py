@@ -27,7 +27,8 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin, Unpack
 
 from .base import TransformersFormatMixin
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .image import BILINEAR, LevelMap, convert_rgb, level_map, load_image, pixel_planes, to_pil, write_tiles
+from .image import (BILINEAR, LevelMap, convert_rgb, level_map, load_image, pixel_planes, tile_array, to_pil,
+                    write_tiles)
 from .tiling import TilePlan, aspect_ratio_id, plan_tiles
 
 IMAGE_TOKEN = "<|image|>"
@@ -125,8 +126,9 @@ class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
                                  f" split it or raise the limit")
         tile, B, I = size.height, len(images), max(counts)
         levels = level_map(do_rescale, rescale_factor, do_normalize, image_mean, image_std, channels=3)
-        # zeros for absent tiles and images; np.zeros of a large array gets pages the OS has zeroed, written only here
-        pixel_values = np.zeros((B, I, max_image_tiles, 3, tile, tile), dtype=np.float32)
+        # each value is written once: the tiles of each image, then zeros for absent tiles and images unless the
+        # array came zeroed
+        pixel_values, zeroed = tile_array((B, I, max_image_tiles, 3, tile, tile))
         out = torch.from_numpy(pixel_values)  # the same memory
         ids = np.zeros((B, I), dtype=np.int64)
         mask = np.zeros((B, I, max_image_tiles), dtype=np.int64)
@@ -136,8 +138,12 @@ class VlmhubMllamaImageProcessor(TransformersFormatMixin, BaseImageProcessor):
             for i, image in enumerate(sample):
                 plan = plan_tiles(image.height, image.width, tile, max_image_tiles)
                 write_image_tiles(out[b, i], image, plan, resample, levels)
+                if not zeroed:
+                    out[b, i, plan.num_tiles :] = 0
                 ids[b, i] = aspect_ratio_id(plan.grid, max_image_tiles)
                 mask[b, i, : plan.num_tiles] = 1
+            if not zeroed:
+                out[b, len(sample) :] = 0
             num_tiles.append([int(n) for n in mask[b, : len(sample)].sum(-1)])
         data = {"pixel_values": pixel_values, "aspect_ratio_ids": ids, "aspect_ratio_mask": mask}
         encoded = BatchFeature(data=data, tensor_type=return_tensors)
