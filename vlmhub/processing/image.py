@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,14 +160,16 @@ def normalize(pixels: torch.Tensor, mean: float | list[float], std: float | list
     return (pixels - mean_t) / std_t
 
 
-def pixel_planes(image: Image.Image) -> list[np.ndarray]:
-    """The channels of a PIL image as C (H, W) uint8 arrays (read-only views). For RGB, Pillow packs each band on its
-    own: contiguous planes, no copy of ours, and faster than packing RGB and transposing."""
+def pixel_planes(image: Image.Image) -> Iterator[np.ndarray]:
+    """The channels of a PIL image as (H, W) uint8 arrays (read-only), one at a time. For RGB, Pillow packs each
+    band on its own when asked: contiguous planes, no copy of ours, faster than packing RGB and transposing, and only
+    one band held at once (a 2000x500 band is 1 MB of new memory, and new memory costs page faults)."""
     if image.mode == "RGB":
         shape = (image.height, image.width)
-        return [np.frombuffer(image.tobytes("raw", band), dtype=np.uint8).reshape(shape) for band in "RGB"]
+        yield from (np.frombuffer(image.tobytes("raw", band), dtype=np.uint8).reshape(shape) for band in "RGB")
+        return
     pixels = np.asarray(image)
-    return [pixels] if pixels.ndim == 2 else [pixels[..., c] for c in range(pixels.shape[-1])]
+    yield from [pixels] if pixels.ndim == 2 else (pixels[..., c] for c in range(pixels.shape[-1]))
 
 
 def level_table(do_rescale: bool, factor: float, do_normalize: bool, mean, std, channels: int = 3) -> torch.Tensor:
@@ -198,35 +201,38 @@ class LevelMap:
         self.std = np.broadcast_to(np.float32(std), channels) if do_normalize else None
         self.arithmetic = self._reproduces_table()
 
-    def _compute(self, planes, out: np.ndarray, left: int) -> None:
-        for c, (plane, values) in enumerate(zip(planes, out)):
-            image = values[:, left : left + plane.shape[1]]
-            np.divide(plane, self.divisor, out=image, dtype=np.float32, casting="unsafe")  # exact cast, then / d
-            values[:, :left] = values[:, left + plane.shape[1] :] = 0  # level 0 (black) on both sides: 0 / d = 0
-            if self.mean is not None:
-                np.subtract(values, self.mean[c], out=values)
-                np.divide(values, self.std[c], out=values)
+    def _compute(self, c: int, plane: np.ndarray, values: np.ndarray, left: int) -> None:
+        image = values[:, left : left + plane.shape[1]]
+        np.divide(plane, self.divisor, out=image, dtype=np.float32, casting="unsafe")  # exact cast, then / divisor
+        values[:, :left] = values[:, left + plane.shape[1] :] = 0  # level 0 (black) on both sides: 0 / divisor = 0
+        if self.mean is not None:
+            np.subtract(values, self.mean[c], out=values)
+            np.divide(values, self.std[c], out=values)
 
     def _reproduces_table(self) -> bool:
-        C = self.table.shape[0]
         levels = np.arange(256, dtype=np.uint8)[None].repeat(2, axis=0)  # (2, 256)
-        dense, strided = np.empty((C, 1, 256), np.float32), np.empty((C, 1, 512), np.float32)[..., ::2]
-        self._compute([levels[:1]] * C, dense, 0)
-        self._compute([levels.T.reshape(1, 512)[:, ::2]] * C, strided, 0)  # non-contiguous: the scalar loops
-        expected = self.table[:, None].numpy()
-        return np.array_equal(dense, expected) and np.array_equal(strided, expected)
+        for c, expected in enumerate(self.table.numpy()[:, None]):  # (1, 256) each
+            dense, strided = np.empty((1, 256), np.float32), np.empty((1, 512), np.float32)[:, ::2]
+            self._compute(c, levels[:1], dense, 0)
+            self._compute(c, levels.T.reshape(1, 512)[:, ::2], strided, 0)  # non-contiguous: the scalar loops
+            if not (np.array_equal(dense, expected) and np.array_equal(strided, expected)):
+                return False
+        return True
+
+    def write_channel(self, c: int, plane: np.ndarray, values: np.ndarray, left: int = 0) -> None:
+        """values (h, W) float32 (a view, written in place) <- channel c's values of a uint8 plane (h, w) in columns
+        [left, left + w), the value of black in the other columns (none when w == W)."""
+        if self.arithmetic:  # the padding columns go through the arithmetic too: whole rows are faster than parts
+            self._compute(c, plane, values, left)
+            return
+        table = self.table.numpy()[c]
+        np.take(table, plane, out=values[:, left : left + plane.shape[1]], mode="clip")  # uint8 is in range
+        values[:, :left] = values[:, left + plane.shape[1] :] = table[0]
 
     def write(self, planes, out: torch.Tensor, left: int = 0) -> None:
-        """out (C, h, W) float32 (a view, written in place) <- the values of C uint8 planes (h, w) in columns
-        [left, left + w), the value of black in the other columns of those rows (none when w == W)."""
-        target = out.numpy()  # the same memory
-        if self.arithmetic:  # the padding columns go through the arithmetic too: whole rows are faster than parts
-            self._compute(planes, target, left)
-            return
-        table = self.table.numpy()
-        for c, (plane, values) in enumerate(zip(planes, target)):
-            np.take(table[c], plane, out=values[:, left : left + plane.shape[1]], mode="clip")  # uint8: in range
-            values[:, :left] = values[:, left + plane.shape[1] :] = table[c, 0]
+        """out (C, h, W) float32 (a view, written in place) <- C uint8 planes (h, w), as `write_channel` does."""
+        for c, (plane, values) in enumerate(zip(planes, out.numpy())):
+            self.write_channel(c, plane, values, left)
 
 
 @functools.lru_cache(maxsize=32)
@@ -265,35 +271,37 @@ def tile_array(shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
     return (np.zeros if zeroed else np.empty)(shape, dtype=np.float32), zeroed
 
 
-def write_tiles(out: torch.Tensor, planes, grid: tuple[int, int], offset: tuple[int, int], levels: LevelMap) -> None:
-    """Paste an image given as C uint8 `planes` (h, w) at `offset` (top, left) on a black canvas of `grid` (rows, cols)
-    tiles of side t, and write the canvas cut row-major into out[:rows * cols] (tiles, C, t, t) float32 through
-    `levels`. Each value is written once: the rows holding image pixels through the level map (black on either
-    side), the other rows with the value of black."""
+def write_tiles(out: torch.Tensor, image: Image.Image, grid: tuple[int, int], offset: tuple[int, int],
+                levels: LevelMap) -> None:
+    """Paste an 8-bit `image` at `offset` (top, left) on a black canvas of `grid` (rows, cols) tiles of side t, and
+    write the canvas cut row-major into out[:rows * cols] (tiles, C, t, t) float32 through `levels`, one channel at a
+    time. Each value is written once: the rows holding image pixels through the level map (black on either side), the
+    other rows with the value of black."""
     rows, cols = grid
-    t, (top, left), (h, w) = out.shape[-1], offset, planes[0].shape
-    for r in range(rows):
-        for c in range(cols):
-            tile = out[r * cols + c]  # (C, t, t)
-            y0, y1 = min(max(top - r * t, 0), t), min(max(top + h - r * t, 0), t)  # tile rows holding image pixels
-            x0, x1 = min(max(left - c * t, 0), t), min(max(left + w - c * t, 0), t)
-            if y0 >= y1 or x0 >= x1:
-                tile.copy_(levels.black.expand_as(tile))
-                continue
-            sy, sx = r * t - top, c * t - left  # tile coordinates -> image coordinates
-            levels.write([p[y0 + sy : y1 + sy, x0 + sx : x1 + sx] for p in planes], tile[:, y0:y1], left=x0)
-            for part in (tile[:, :y0], tile[:, y1:]):
-                if part.numel():
-                    part.copy_(levels.black.expand_as(part))
+    t, (top, left), (h, w) = out.shape[-1], offset, (image.height, image.width)
+    tiles = out[: rows * cols].numpy()  # the same memory
+    for ch, plane in enumerate(pixel_planes(image)):
+        black = levels.table[ch, 0].item()
+        for r in range(rows):
+            for c in range(cols):
+                tile = tiles[r * cols + c, ch]  # (t, t)
+                y0, y1 = min(max(top - r * t, 0), t), min(max(top + h - r * t, 0), t)  # rows holding image pixels
+                x0, x1 = min(max(left - c * t, 0), t), min(max(left + w - c * t, 0), t)
+                if y0 >= y1 or x0 >= x1:
+                    tile[:] = black
+                    continue
+                sy, sx = r * t - top, c * t - left  # tile coordinates -> image coordinates
+                levels.write_channel(ch, plane[y0 + sy : y1 + sy, x0 + sx : x1 + sx], tile[y0:y1], left=x0)
+                tile[:y0] = tile[y1:] = black
 
 
 def rescale_normalize(image: Image.Image, factor: float, mean, std, out: torch.Tensor | None = None) -> torch.Tensor:
     """normalize(rescale(pixels)) of an 8-bit image through a `LevelMap` (built once per setting, `level_map`): the
     same float32 values as the two steps, several times faster on large crops. Writes into `out` (C, H, W) float32
     when given, so batches are filled in place."""
-    planes = pixel_planes(image)  # C x (H, W) uint8
-    out = torch.empty(len(planes), *planes[0].shape) if out is None else out
-    level_map(True, factor, True, mean, std, channels=len(planes)).write(planes, out)
+    channels = len(image.getbands())
+    out = torch.empty(channels, image.height, image.width) if out is None else out
+    level_map(True, factor, True, mean, std, channels=channels).write(pixel_planes(image), out)
     return out
 
 

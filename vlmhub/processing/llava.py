@@ -15,7 +15,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin
 from ..geometry.anyres import anyres_num_tokens, fit_within, grid_shape
 from .base import TransformersFormatMixin
 from .clip import VlmhubCLIPImageProcessor
-from .image import (BICUBIC, LevelMap, level_map, pixel_planes, preprocess_image, resize, resized_size, tile_array,
+from .image import (BICUBIC, LevelMap, level_map, preprocess_image, resize, resized_size, tile_array,
                     write_tiles)
 
 VICUNA_SYSTEM = (
@@ -115,8 +115,8 @@ def write_anyres_crops(out: torch.Tensor, image: Image.Image, plan, levels: Leve
     fitted and centred on black (`anyres_crops` without building PIL crops); unused crops are left as they are.
     `plan`: `anyres_plan` of the image."""
     crop, (grid, fitted, offset) = out.shape[-1], plan
-    write_tiles(out[:1], pixel_planes(resize(image, (crop, crop), BICUBIC)), (1, 1), (0, 0), levels)
-    write_tiles(out[1:], pixel_planes(resize(image, fitted, BICUBIC)), grid, offset, levels)
+    write_tiles(out[:1], resize(image, (crop, crop), BICUBIC), (1, 1), (0, 0), levels)
+    write_tiles(out[1:], resize(image, fitted, BICUBIC), grid, offset, levels)
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:

@@ -27,8 +27,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin, Unpack
 
 from .base import TransformersFormatMixin
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .image import (BILINEAR, LevelMap, convert_rgb, level_map, load_image, pixel_planes, tile_array, to_pil,
-                    write_tiles)
+from .image import BILINEAR, LevelMap, convert_rgb, level_map, load_image, tile_array, to_pil, write_tiles
 from .tiling import TilePlan, aspect_ratio_id, plan_tiles
 
 IMAGE_TOKEN = "<|image|>"
@@ -157,11 +156,11 @@ def write_image_tiles(out: torch.Tensor, image: Image.Image, plan: TilePlan, res
     height, width = plan.resized
     if (image.height, image.width) != plan.resized:
         image = image.resize((width, height), resample=resample)
-    planes = pixel_planes(image)  # C x (h, w) uint8
-    if len(planes) != 3:
-        raise ValueError(f"expected RGB pixels (3 channels), got {len(planes)} (mode {image.mode}); keep "
+    channels = len(image.getbands())
+    if channels != 3:
+        raise ValueError(f"expected RGB pixels (3 channels), got {channels} (mode {image.mode}); keep "
                          "do_convert_rgb=True")
-    write_tiles(out, planes, plan.grid, (0, 0), levels)
+    write_tiles(out, image, plan.grid, (0, 0), levels)
 
 
 def image_spans(input_ids: list[int], image_token_id: int) -> list[tuple[int, int]]:
