@@ -12,6 +12,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.clip import VlmhubCLIPConfig, VlmhubCLIPTextConfig, VlmhubCLIPVisionConfig
 from .blocks import Encoder, VisionTransformer
+from .blocks.attention import additive_mask
 from .pretrained import VlmhubPreTrainedModel
 from .vit import _flag
 
@@ -64,7 +65,9 @@ class CLIPTextTransformer(nn.Module):
         if input_ids is None:
             raise ValueError("You have to specify input_ids")
         x = self.embeddings(input_ids, position_ids)
-        mask = _causal_padding_mask(attention_mask, x.shape[1]) if attention_mask is not None else None
+        mask = None  # no padding: the layers' causal attention needs no mask (SDPA's is_causal path)
+        if attention_mask is not None and not attention_mask.bool().all():
+            mask = additive_mask(_causal_padding_mask(attention_mask, x.shape[1]), x.dtype)  # built once, not per layer
         out = self.encoder(x, mask, output_hidden_states, output_attentions)
         last = self.final_layer_norm(out.last_hidden_state)
         if self.config.pooling == "argmax":
