@@ -67,6 +67,10 @@ class BlipTextModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 is_decoder=False, past_key_values=None) -> BaseModelOutputWithPast:
         B, T = input_ids.shape
+        if past_key_values is not None and past_key_values.is_compileable:
+            raise ValueError("BLIP's text decoder needs a cache that grows with the text (DynamicCache, the default); "
+                             "fixed-size caches such as cache_implementation='static' are not supported (nor are they "
+                             "in transformers' BLIP)")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if past + T > self.config.max_position_embeddings:
             raise ValueError(f"text of {past + T} tokens exceeds max_position_embeddings {self.config.max_position_embeddings}")

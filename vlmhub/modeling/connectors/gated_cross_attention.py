@@ -155,10 +155,21 @@ def cached_media(past_key_values: Cache | None, slot: int):
 
 class MediaCacheLayer(DynamicLayer):
     """A cache layer holding media keys/values. They belong to the images, not to the text, so cropping the text
-    (assisted decoding rolling back rejected tokens) leaves them whole; batch reordering still applies."""
+    (assisted decoding rolling back rejected tokens) leaves them whole; batch reordering still applies.
+
+    Written at prefill and only read while decoding, the layer never changes shape between steps, so it does not make
+    a static cache dynamic: transformers asks whether every layer is compileable before it decides it may decode
+    without a mask, and a static cache's unwritten slots need the mask. A reset empties it: the next prefill brings
+    its own media."""
+
+    is_compileable = True
 
     def crop(self, tokens_to_remove: int) -> None:
         return None
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.is_initialized = False
 
 
 def _reserve_slot(past_key_values: Cache, slot: int) -> None:
