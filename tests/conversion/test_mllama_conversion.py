@@ -120,6 +120,26 @@ def test_batched_logits_and_greedy_generation_equal_transformers(converted):
     assert a.shape == (2, 20) and torch.equal(a, b)
 
 
+GENERATION_MODES = {
+    "static cache": dict(do_sample=False, cache_implementation="static"),
+    "no cache": dict(do_sample=False, use_cache=False),
+    "beam search, 2 of 3 beams": dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    "sampling, 2 sequences": dict(do_sample=True, top_k=5, num_return_sequences=2),
+}
+
+
+@pytest.mark.parametrize("mode", GENERATION_MODES.values(), ids=GENERATION_MODES.keys())
+def test_other_generation_modes_equal_transformers(converted, mode):
+    """Beams and extra sequences repeat the images and their cross-attention masks; a static cache needs the mask."""
+    hf, ours, _ = converted
+    x = inputs([(2, 2), (1, 2)], batch=2)
+    outputs = []
+    for model in (hf, ours):
+        torch.manual_seed(0)
+        outputs.append(model.generate(**x, max_new_tokens=6, min_new_tokens=6, **mode))
+    assert torch.equal(*outputs)
+
+
 def test_processor_carries_over(converted):
     _, _, folder = converted
     theirs, ours = AutoProcessor.from_pretrained(folder / "hf"), AutoProcessor.from_pretrained(folder / "ours")
