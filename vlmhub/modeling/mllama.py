@@ -185,12 +185,15 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
         """Ids below vocab_size read the language model's table, the others (the image token) learnable_embedding."""
         vocab = self.config.text_config.vocab_size
         top = vocab + self.config.num_learnable_embeddings
-        low, high = (int(v) for v in input_ids.aminmax()) if input_ids.numel() else (0, 0)
-        if low < 0 or high >= top:
-            raise ValueError(f"token ids must lie in 0..{top - 1} (vocab_size {vocab} + {top - vocab} learnable ids), "
-                             f"got {low}..{high}")
-        if high < vocab:  # text only (every decode step): one lookup
-            return self.get_input_embeddings()(input_ids)
+        message = f"token ids must lie in 0..{top - 1} (vocab_size {vocab} + {top - vocab} learnable ids)"
+        if torch.compiler.is_compiling():  # one graph: the range checked without leaving it, then the general path
+            torch._assert_async(((input_ids >= 0) & (input_ids < top)).all(), message)
+        else:
+            low, high = (int(v) for v in input_ids.aminmax()) if input_ids.numel() else (0, 0)
+            if low < 0 or high >= top:
+                raise ValueError(f"{message}, got {low}..{high}")
+            if high < vocab:  # text only (every decode step): one lookup
+                return self.get_input_embeddings()(input_ids)
         learnable = input_ids >= vocab
         embeds = self.get_input_embeddings()(input_ids.clamp(max=vocab - 1))
         extra = self.learnable_embedding((input_ids - vocab).clamp(min=0)).to(embeds.dtype)
