@@ -195,7 +195,6 @@ class LevelMap:
 
     def __init__(self, do_rescale: bool, factor: float, do_normalize: bool, mean, std, channels: int = 3):
         self.table = level_table(do_rescale, factor, do_normalize, mean, std, channels)  # (C, 256)
-        self.black = self.table[:, :1, None]  # (C, 1, 1): the value of level 0, for padding
         self.divisor = np.float32(_divisor(factor) if do_rescale and factor else 1.0)  # factor 0: the check fails
         self.mean = np.broadcast_to(np.float32(mean), channels) if do_normalize else None  # one per channel
         self.std = np.broadcast_to(np.float32(std), channels) if do_normalize else None
