@@ -3,13 +3,15 @@ download): LLaVA-1.5-7B (CLIP ViT-L/14-336 + Llama-7B) and Llama-3.2-11B-Vision 
 and (unless --skip-transformers) transformers' class of the same shape:
 
 - prefill tokens/s: one forward over the prompt with its image tokens, batch 1;
-- decode tokens/s and ms/token: (greedy generation of N new tokens - generation of 1 token) / (N - 1);
+- decode tokens/s and ms/token: (greedy generation of N new tokens - generation of 1 token) / (N - 1), with the
+  default dynamic cache and with the static cache (`cache_implementation="static"`), for which transformers compiles
+  the decode step on a GPU (torch.compile, CUDA graphs; the compilation falls in the untimed warm-up call);
 - the memory-bandwidth bound of a decode step: bytes read per token (the language model's weights, less the input
   embedding of which one row is read, plus the KV cache) / the device bandwidth measured by a large device-to-device
   copy; "% of bound" = bound / measured ms per token (issue 11's goal: >= 60%).
 
-    python benchmarks/gpu.py [--models llava-7b,mllama-11b] [--prompt-tokens 64] [--new-tokens 64]
-                             [--repeats 3] [--skip-transformers] [--out benchmarks/results/gpu.md]
+    python benchmarks/gpu.py [--models llava-7b,mllama-11b] [--caches dynamic,static] [--prompt-tokens 64]
+                             [--new-tokens 64] [--repeats 3] [--skip-transformers] [--out benchmarks/results/gpu.md]
     python benchmarks/gpu.py --device cpu --tiny      # tiny shapes: checks the script without a GPU
 
 Without CUDA (and without --device cpu) it prints why and exits with status 0 (nothing to measure).
@@ -49,6 +51,7 @@ TINY_CROSS = [1, 4]
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="llava-7b,mllama-11b", help="comma-separated: llava-7b, mllama-11b")
+    parser.add_argument("--caches", default="dynamic,static", help="comma-separated: dynamic, static")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens besides the image tokens")
     parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated for the decode rate")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
@@ -60,6 +63,8 @@ def parse_args(argv=None):
     unknown = set(args.models.split(",")) - set(BUILDERS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; known: {sorted(BUILDERS)}")
+    if set(args.caches.split(",")) - set(CACHES):
+        parser.error(f"unknown caches {args.caches!r}; known: {', '.join(CACHES)}")
     if args.new_tokens < 2:
         parser.error(f"--new-tokens must be at least 2 (the decode rate is a difference), got {args.new_tokens}")
     if args.device != "cuda" and not args.tiny:
@@ -130,6 +135,7 @@ def mllama_11b(impl: str, tiny: bool):
 
 
 BUILDERS = {"llava-7b": llava_7b, "mllama-11b": mllama_11b}
+CACHES = {"dynamic": None, "static": "static"}  # -> cache_implementation
 
 
 def build(name: str, impl: str, device: str, tiny: bool):
@@ -201,38 +207,43 @@ def decode_bytes(model, context: int) -> tuple[int, int]:
     return weights, kv
 
 
-def measure(name: str, impl: str, args, bandwidth: float) -> dict:
+def measure(name: str, impl: str, args, bandwidth: float) -> list[dict]:
+    """One row per cache kind: the prefill rate (the same forward for each) and that cache's decode rate."""
     model, make_inputs = build(name, impl, args.device, args.tiny)
     x = make_inputs(args.prompt_tokens, args.device)
     length = x["input_ids"].shape[1]
     prefill = timed(lambda: model(**x), args.repeats, args.device)
-
-    def generate(n):
-        return lambda: model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-
-    one = timed(generate(1), args.repeats, args.device)
-    many = timed(generate(args.new_tokens), args.repeats, args.device)
-    per_token = (many - one) / (args.new_tokens - 1)
     weights, kv = decode_bytes(model, length + args.new_tokens // 2)
     bound = (weights + kv) / bandwidth
     cuda = args.device == "cuda"
-    row = dict(model=name, impl=impl, prompt=length, prefill_tps=length / prefill, decode_tps=1 / per_token,
-               ms_per_token=per_token * 1e3, weight_gb=weights / 1e9, kv_gb=kv / 1e9, bound_ms=bound * 1e3,
-               of_bound=bound / per_token, peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan"))
+    rows = []
+    for cache in args.caches.split(","):
+        def generate(n, cache_implementation=CACHES[cache]):
+            return lambda: model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                          cache_implementation=cache_implementation)
+
+        one = timed(generate(1), args.repeats, args.device)
+        many = timed(generate(args.new_tokens), args.repeats, args.device)
+        per_token = (many - one) / (args.new_tokens - 1)
+        rows.append(dict(model=name, impl=impl, cache=cache, prompt=length, prefill_tps=length / prefill,
+                         decode_tps=1 / per_token, ms_per_token=per_token * 1e3, weight_gb=weights / 1e9,
+                         kv_gb=kv / 1e9, bound_ms=bound * 1e3, of_bound=bound / per_token,
+                         peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")))
     del model, x
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return row
+    return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | implementation | prompt tokens | prefill tokens/s | decode tokens/s | decode ms/token | "
+    lines = ["| model | implementation | cache | prompt tokens | prefill tokens/s | decode tokens/s | decode ms/token | "
              "weights read (GB) | KV read (GB) | bound ms/token | % of bandwidth bound | peak memory (GB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['impl']} | {r['prompt']} | {r['prefill_tps']:.0f} | {r['decode_tps']:.1f} | "
+        lines.append(f"| {r['model']} | {r['impl']} | {r['cache']} | {r['prompt']} | {r['prefill_tps']:.0f} | "
+                     f"{r['decode_tps']:.1f} | "
                      f"{r['ms_per_token']:.2f} | {r['weight_gb']:.3f} | {r['kv_gb']:.4f} | {r['bound_ms']:.3f} | "
                      f"{100 * r['of_bound']:.0f}% | {r['peak_gb']:.1f} |")
     return "\n".join(lines)
@@ -253,8 +264,9 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         for impl in ("vlmhub",) + (() if args.skip_transformers else ("transformers",)):
             print(f"[gpu] {name} / {impl} ...", flush=True)
-            rows.append(measure(name, impl, args, bandwidth))
-            print(table(rows[-1:]), flush=True)
+            found = measure(name, impl, args, bandwidth)
+            rows += found
+            print(table(found), flush=True)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.device} (tiny shapes: a smoke test)"
     report = (f"{where}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
               f"bf16, batch 1, random weights{', tiny shapes' if args.tiny else ''}, {args.new_tokens} new tokens, "
