@@ -108,7 +108,8 @@ class VlmhubMllamaConfig(PretrainedConfig):
     # The image token. Meta's model gives ids >= vocab_size their own trainable table (learnable_embedding); the
     # image token is its first row (128256 = vocab_size in the release).
     image_token_index: int = 128256
-    # Rows of that table (Meta: 8); ids vocab_size .. vocab_size + num_learnable_embeddings - 1 read from it.
+    # Rows of that table (Meta: 8); ids vocab_size .. vocab_size + num_learnable_embeddings - 1 read from it. 0 after
+    # resize_token_embeddings, which folds them into the text table (as transformers' one table holds them).
     num_learnable_embeddings: int = 8
     # Zero the cross-attention output of text tokens that see no image (before the first one), as Meta's reference
     # does. transformers' Mllama (<= 5.23) zeroes only the cross-attention MLP there: set False to match it exactly.
@@ -121,10 +122,13 @@ class VlmhubMllamaConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         self.cross_attention_layers = sorted(self.cross_attention_layers)
         self.cross_attention_targets()  # validates the placement
-        vocab = self.text_config.vocab_size
-        if not vocab <= self.image_token_index < vocab + self.num_learnable_embeddings:
+        vocab, learnable = self.text_config.vocab_size, self.num_learnable_embeddings
+        if learnable and not vocab <= self.image_token_index < vocab + learnable:
             raise ValueError(f"image_token_index {self.image_token_index} must be one of the learnable ids "
-                             f"{vocab}..{vocab + self.num_learnable_embeddings - 1} (vocab_size {vocab})")
+                             f"{vocab}..{vocab + learnable - 1} (vocab_size {vocab})")
+        if not learnable and not 0 <= self.image_token_index < vocab:  # folded: resize_token_embeddings
+            raise ValueError(f"image_token_index {self.image_token_index} must be an id of the text table "
+                             f"(vocab_size {vocab}) when num_learnable_embeddings is 0")
 
     def cross_attention_targets(self) -> list[int]:
         """Index of the self-attention layer each cross-attention layer runs right before (Meta's fusion schedule)."""

@@ -26,6 +26,7 @@ from .blocks import VisionTransformer
 from .connectors.gated_cross_attention import (GatedCrossAttentionLayer, cached_media, insert_cross_attention,
                                                prepare_media_mask)
 from .connectors.perceiver import PerceiverResampler
+from .language_model import LanguageModelAccessors
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -62,7 +63,7 @@ class VlmhubFlamingoPreTrainedModel(VlmhubPreTrainedModel):
             init.zeros_(module.mlp_gate)
 
 
-class VlmhubFlamingoForConditionalGeneration(VlmhubFlamingoPreTrainedModel, GenerationMixin):
+class VlmhubFlamingoForConditionalGeneration(LanguageModelAccessors, VlmhubFlamingoPreTrainedModel, GenerationMixin):
     # What training stage 1 trains (and stage 2 trains in full beside LoRA): the Perceiver resampler and every gated
     # cross-attention block inside the decoder (a name matches a top-level module or the last part of a path).
     connector_modules = ("perceiver", "gated_cross_attn")
@@ -94,15 +95,6 @@ class VlmhubFlamingoForConditionalGeneration(VlmhubFlamingoPreTrainedModel, Gene
             norm="layer", norm_eps=config.layer_norm_eps, mlp="plain", qk_norm=False,
             mask_rows_in_attention=True, mask_rows_in_mlp=False, layer_idx=layer_idx,
         )
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
 
     @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:

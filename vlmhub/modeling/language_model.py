@@ -4,8 +4,9 @@ transformers expects, and the soft-prompt core (embed, put image features at the
 from .merge import merge_image_features
 
 
-class LanguageModelMixin:
-    """For models holding `self.language_model` (a transformers causal LM) and `config.image_token_id`."""
+class LanguageModelAccessors:
+    """The embedding accessors transformers reads (resize_token_embeddings, tying, peft) for models holding
+    `self.language_model`, a transformers causal LM."""
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -18,6 +19,10 @@ class LanguageModelMixin:
 
     def set_output_embeddings(self, value):
         self.language_model.set_output_embeddings(value)
+
+
+class LanguageModelMixin(LanguageModelAccessors):
+    """For models holding `self.language_model` (a transformers causal LM) and `config.image_token_id`."""
 
     def run_language_model(self, input_ids, inputs_embeds, image_features, **lm_kwargs):
         """Embed `input_ids` (or take `inputs_embeds`), replace the image tokens by `image_features` (rows in order;

@@ -28,6 +28,7 @@ from .blocks import Encoder, EncoderLayer
 from .blocks.attention import additive_mask
 from .blocks.tiling import AspectRatioEmbedding, GatedTilePositionEmbedding
 from .connectors.gated_cross_attention import GatedCrossAttentionLayer, insert_cross_attention, prepare_media_mask
+from .language_model import LanguageModelAccessors
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -143,7 +144,7 @@ class VlmhubMllamaVisionModel(VlmhubMllamaPreTrainedModel):
         return BaseModelOutput(last_hidden_state=self.vision_model(pixel_values, aspect_ratio_ids, aspect_ratio_mask))
 
 
-class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, GenerationMixin):
+class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaPreTrainedModel, GenerationMixin):
     # What training stage 1 trains (and stage 2 trains in full beside LoRA): the projector and every gated
     # cross-attention block inside the decoder (a name matches a top-level module or the last part of a path).
     connector_modules = ("multi_modal_projector", "gated_cross_attn")
@@ -153,7 +154,8 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
         text = config.text_config
         self.vision_model = MllamaVisionTower(config.vision_config)
         self.multi_modal_projector = nn.Linear(config.vision_config.vision_output_dim, text.hidden_size, bias=True)
-        self.learnable_embedding = nn.Embedding(config.num_learnable_embeddings, text.hidden_size)
+        learnable = config.num_learnable_embeddings  # 0 once resize_token_embeddings folded them into the text table
+        self.learnable_embedding = nn.Embedding(learnable, text.hidden_size) if learnable else None
         self.language_model = AutoModelForCausalLM.from_config(text)
         n_self = text.num_hidden_layers
         blocks = {
@@ -172,14 +174,18 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
             mask_rows_in_attention=self.config.mask_cross_attention_rows, layer_idx=layer_idx,
         )
 
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """As in transformers' Mllama, whose one input table holds the text vocabulary, then the learnable rows (the
+        image token first), then the new ids: the learnable rows are folded into the text table first (the model
+        stays the same function of its ids, num_learnable_embeddings becomes 0), then it is resized, and the output
+        layer with it."""
+        if new_num_tokens is not None and self.config.num_learnable_embeddings:
+            vocab, learnable = self.config.text_config.vocab_size, self.learnable_embedding.weight
+            self.language_model.resize_token_embeddings(vocab + len(learnable), mean_resizing=False)
+            with torch.no_grad():
+                self.get_input_embeddings().weight[vocab:] = learnable
+            self.learnable_embedding, self.config.num_learnable_embeddings = None, 0
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     def embed_tokens(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """Ids below vocab_size read the language model's table, the others (the image token) learnable_embedding."""
@@ -194,6 +200,8 @@ class VlmhubMllamaForConditionalGeneration(VlmhubMllamaPreTrainedModel, Generati
                 raise ValueError(f"{message}, got {low}..{high}")
             if high < vocab:  # text only (every decode step): one lookup
                 return self.get_input_embeddings()(input_ids)
+        if self.learnable_embedding is None:  # folded into the text table
+            return self.get_input_embeddings()(input_ids)
         learnable = input_ids >= vocab
         embeds = self.get_input_embeddings()(input_ids.clamp(max=vocab - 1))
         extra = self.learnable_embedding((input_ids - vocab).clamp(min=0)).to(embeds.dtype)
