@@ -295,6 +295,8 @@ def test_bad_inputs_raise_clear_errors():
         model(**(x | dict(cross_attention_mask=x["cross_attention_mask"][..., :2])))
     with pytest.raises(ValueError, match="token ids must lie in"):
         model(input_ids=torch.tensor([[1, 500]]))
+    with pytest.raises(ValueError, match=r"the image token \(\d+\) cannot be a target"):  # labels = input_ids
+        model(**x, labels=x["input_ids"])
 
 
 def test_image_cache_slots_survive_cropping_the_text():

@@ -242,6 +242,8 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
             raise ValueError("Pass pixel_values or cross_attention_states, not both")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        if labels is not None:
+            self._check_labels(labels)
         if pixel_values is not None:
             if aspect_ratio_ids is None:
                 raise ValueError("pixel_values need aspect_ratio_ids (and aspect_ratio_mask), as the processor returns")
@@ -278,6 +280,14 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         B, T, I, tiles = cross_attention_mask.shape
         expanded = cross_attention_mask.bool()[..., None].expand(B, T, I, tiles, vision.num_positions)
         return expanded.reshape(B, T, I * tiles * vision.num_positions)
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """Targets must be ids the output layer predicts: the image token (a learnable id) is not one of them."""
+        predicted = self.get_output_embeddings().out_features  # also right for a quantized layer
+        high = int(labels.max()) if labels.numel() else -100
+        if high >= predicted:
+            raise ValueError(f"labels hold id {high}, but the output layer predicts ids 0..{predicted - 1}: the image "
+                             f"token ({self.config.image_token_index}) cannot be a target; set its labels to -100")
 
     def _check_image_tokens(self, input_ids, aspect_ratio_ids):
         """One image token per real image (aspect ratio id > 0) in every sample."""
