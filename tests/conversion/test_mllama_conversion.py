@@ -120,6 +120,20 @@ def test_batched_logits_and_greedy_generation_equal_transformers(converted):
     assert a.shape == (2, 20) and torch.equal(a, b)
 
 
+def test_hidden_states_are_transformers_entries_after_self_attention_layers(converted):
+    """transformers lists its cross-attention layers as layers of their own; ours run inside the self-attention layer
+    they precede, so our hidden states are its entries 0 (embeddings) and those after each self-attention layer."""
+    hf, ours, _ = converted
+    x = inputs([(2, 2), (1, 2)])
+    with torch.no_grad():
+        theirs, mine = hf(**x, output_hidden_states=True).hidden_states, ours(**x, output_hidden_states=True).hidden_states
+    cross = hf.config.text_config.cross_attention_layers
+    after_self = [0] + [k + 1 for k in range(len(theirs) - 1) if k not in cross]
+    assert len(mine) == len(after_self) == ours.config.text_config.num_hidden_layers + 1
+    for j, k in enumerate(after_self):
+        assert max_diff(mine[j], theirs[k]) <= ATOL, (j, k)
+
+
 GENERATION_MODES = {
     "static cache": dict(do_sample=False, cache_implementation="static"),
     "no cache": dict(do_sample=False, use_cache=False),

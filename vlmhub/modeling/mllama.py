@@ -2,7 +2,10 @@
 
 Same inputs and outputs as transformers' MllamaForConditionalGeneration: pixel_values (B, images, tiles, 3, H, W),
 aspect_ratio_ids (B, images), aspect_ratio_mask (B, images, tiles), cross_attention_mask (B, T, images, tiles);
-logits (B, T, vocab_size).
+logits (B, T, vocab_size). One difference of layout: `hidden_states` (and eager `attentions`) have an entry per
+self-attention layer, the cross-attention block before a layer being part of it; transformers lists its
+cross-attention layers as layers of their own (with cross_attention_layers [3, 8], ours are its entries 0, 1, 2, 3, 5,
+6, 7, 8, 10, ...: the ones after a self-attention layer).
 
 Design:
 - The language model is `AutoModelForCausalLM.from_config(config.text_config)` holding only the self-attention
