@@ -89,7 +89,16 @@ def test_transformers_blip2_parity_through_cli(tmp_path, text):
         a = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=ids)
         b = ours(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=ids)
     valid = mask.bool()
-    diffs = {"logits": max_diff(a.logits[valid], b.logits[valid]), "loss": max_diff(a.loss, b.loss)}
+    diffs = {"logits": max_diff(a.logits[valid], b.logits[valid]), "loss": max_diff(a.loss, b.loss),
+             "language_model_outputs": max_diff(a.language_model_outputs.logits[valid],
+                                                b.language_model_outputs.logits[valid])}
+    for part in ("vision_outputs", "qformer_outputs"):  # transformers' output fields, ours too
+        for field in ("last_hidden_state", "pooler_output"):
+            diffs[f"{part}.{field}"] = max_diff(getattr(getattr(a, part), field), getattr(getattr(b, part), field))
+    with torch.no_grad():
+        theirs_image, ours_image = hf.get_image_features(pixels), ours.get_image_features(pixels)
+    for field in ("last_hidden_state", "pooler_output"):  # the tower's tokens, the soft prompt
+        diffs[f"get_image_features.{field}"] = max_diff(getattr(theirs_image, field), getattr(ours_image, field))
     print(f"blip-2 {text} max abs diffs", diffs)
     assert all(d <= ATOL for d in diffs.values()), diffs
     kwargs = dict(pixel_values=pixels[:1], input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=8, do_sample=False,

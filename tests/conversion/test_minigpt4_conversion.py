@@ -132,7 +132,7 @@ def test_llama2_variant_without_qformer(tmp_path):
         vit = model.vision.vision_model(pixels).last_hidden_state  # (2, 17, 48)
         manual = torch.nn.functional.layer_norm(vit, (48,), eps=1e-5)[:, 1:].reshape(2, 4, 4 * 48)
         manual = manual @ proj["llama_proj.weight"].t() + proj["llama_proj.bias"]
-        torch.testing.assert_close(model.get_image_features(pixels), manual, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.get_image_features(pixels).pooler_output, manual, atol=1e-5, rtol=1e-5)
         enc = processor(images=[torch.zeros(3, 56, 56, dtype=torch.uint8)], text=processor.format_prompt("Hi"),
                         return_tensors="pt")
         logits = model(**enc).logits

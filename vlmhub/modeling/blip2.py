@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
@@ -26,7 +27,9 @@ from .pretrained import VlmhubPreTrainedModel
 
 @dataclass
 class Blip2CausalLMOutput(ModelOutput):
-    """The language model's outputs plus the soft prompt (image_hidden_states: (images, queries, text width))."""
+    """The language model's outputs plus the soft prompt (image_hidden_states: (images, queries, text width)), and
+    transformers' BLIP-2 fields: the image tower's and the Q-Former's outputs (None without images, or without a
+    Q-Former) and the language model's whole output."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -34,6 +37,9 @@ class Blip2CausalLMOutput(ModelOutput):
     hidden_states: tuple | None = None
     attentions: tuple | None = None
     image_hidden_states: torch.FloatTensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: BaseModelOutputWithPooling | None = None
+    language_model_outputs: ModelOutput | None = None
 
 
 @dataclass
@@ -86,8 +92,21 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
     def num_image_tokens(self) -> int:
         raise NotImplementedError
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor,
+                           interpolate_pos_encoding: bool = False) -> BaseModelOutputWithVisionQformerOutputs:
+        """(B, 3, H, W) -> `image_outputs`: pooler_output is the soft prompt (B, num_image_tokens, text width)."""
         raise NotImplementedError
+
+    def image_outputs(self, image_embeds, query_output, soft_prompt) -> BaseModelOutputWithVisionQformerOutputs:
+        """What get_image_features returns, as transformers' BLIP-2 does: the tower's tokens after ln_vision
+        (last_hidden_state), the soft prompt (pooler_output), and the tower's and the Q-Former's outputs, each with
+        its first token as pooler_output (the tower's normed once more, as transformers does; no Q-Former: None)."""
+        vision = BaseModelOutputWithPooling(last_hidden_state=image_embeds,
+                                            pooler_output=self.vision.ln_vision(image_embeds[:, 0]))
+        qformer = None if query_output is None else BaseModelOutputWithPooling(last_hidden_state=query_output,
+                                                                               pooler_output=query_output[:, 0])
+        return BaseModelOutputWithVisionQformerOutputs(last_hidden_state=image_embeds, pooler_output=soft_prompt,
+                                                       vision_outputs=vision, qformer_outputs=qformer)
 
     @can_return_tuple
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -95,13 +114,16 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
                 **kwargs) -> Blip2CausalLMOutput:
         if self.config.image_token_id is None and pixel_values is not None:
             raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
-        image_features = self.get_image_features(pixel_values, interpolate_pos_encoding) if pixel_values is not None else None
+        image = self.get_image_features(pixel_values, interpolate_pos_encoding) if pixel_values is not None else None
+        image_features = None if image is None else image.pooler_output
         out = self.run_language_model(input_ids, inputs_embeds, image_features, attention_mask=attention_mask,
                                       position_ids=position_ids, past_key_values=past_key_values, labels=labels,
                                       logits_to_keep=logits_to_keep, **kwargs)
         return Blip2CausalLMOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
                                    hidden_states=out.hidden_states, attentions=out.attentions,
-                                   image_hidden_states=image_features)
+                                   image_hidden_states=image_features, language_model_outputs=out,
+                                   vision_outputs=None if image is None else image.vision_outputs,
+                                   qformer_outputs=None if image is None else image.qformer_outputs)
 
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, **kwargs):
         """As GenerationMixin.generate; with images but no prompt, the prompt is the image tokens and BOS
@@ -130,10 +152,12 @@ class VlmhubBlip2ForConditionalGeneration(ImageSoftPromptModel):
     def num_image_tokens(self) -> int:
         return self.config.num_query_tokens
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """The soft prompt: (B, 3, H, W) -> (B, num_query_tokens, text width)."""
-        query_output = self.qformer(self.vision(pixel_values, interpolate_pos_encoding))  # (B, Q, Dq)
-        return self.language_projection(query_output)
+    def get_image_features(self, pixel_values: torch.Tensor,
+                           interpolate_pos_encoding: bool = False) -> BaseModelOutputWithVisionQformerOutputs:
+        """(B, 3, H, W) -> `image_outputs`; the soft prompt (pooler_output) is (B, num_query_tokens, text width)."""
+        image_embeds = self.vision(pixel_values, interpolate_pos_encoding)  # (B, 1 + N, Dv)
+        query_output = self.qformer(image_embeds)  # (B, Q, Dq)
+        return self.image_outputs(image_embeds, query_output, self.language_projection(query_output))
 
 
 class VlmhubBlip2ForImageTextRetrieval(VlmhubBlip2PreTrainedModel):

@@ -42,9 +42,11 @@ class VlmhubMiniGPT4ForConditionalGeneration(ImageSoftPromptModel):
     def num_image_tokens(self) -> int:
         return self.config.num_image_tokens
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, num_image_tokens, text width)."""
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """(B, 3, H, W) -> `image_outputs`; the soft prompt (pooler_output) is (B, num_image_tokens, text width)."""
         image_embeds = self.vision(pixel_values, interpolate_pos_encoding)  # (B, 1 + N, Dv)
         if self.qformer is not None:
-            return self.llama_proj(self.qformer(image_embeds))
-        return self.llama_proj(merge_adjacent_patches(image_embeds[:, 1:], self.config.num_merged_patches))
+            query_output = self.qformer(image_embeds)  # (B, Q, Dq)
+            return self.image_outputs(image_embeds, query_output, self.llama_proj(query_output))
+        merged = merge_adjacent_patches(image_embeds[:, 1:], self.config.num_merged_patches)
+        return self.image_outputs(image_embeds, None, self.llama_proj(merged))
