@@ -72,7 +72,9 @@ def test_captioning_parity(tmp_path, label_smoothing):
         a = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels)
         b = ours(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels)
     valid = mask.bool()
-    diffs = {"logits": max_diff(a.logits[valid], b.logits[valid]), "loss": max_diff(a.loss, b.loss)}
+    diffs = {"logits": max_diff(a.logits[valid], b.logits[valid]), "loss": max_diff(a.loss, b.loss),
+             "image_embeds": max_diff(a.image_embeds, b.image_embeds),
+             "last_hidden_state": max_diff(a.last_hidden_state, b.last_hidden_state)}  # transformers' fields
     print("blip captioning max abs diffs", diffs)
     assert all(d <= ATOL for d in diffs.values()), diffs
     kwargs = dict(pixel_values=pixels, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -90,13 +92,14 @@ def test_retrieval_parity(tmp_path):
     ids, mask = captions()
     ids[:, 0] = 98  # [ENC]-style first token for the matching head
     pixels = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        itm = max_diff(hf(input_ids=ids, pixel_values=pixels, attention_mask=mask).itm_score,
-                       ours(input_ids=ids, pixel_values=pixels, attention_mask=mask).itm_score)
-        itc = max_diff(hf(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_itm_head=False).itm_score,
-                       ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_itm_head=False).itm_score)
-    print("blip retrieval max abs diffs", {"itm": itm, "itc": itc})
-    assert itm <= ATOL and itc <= ATOL
+    diffs = {}
+    for head in (True, False):  # matching head, then the [CLS] cosine similarities
+        with torch.no_grad():
+            a, b = (model(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_itm_head=head) for model in (hf, ours))
+        for field in ("itm_score", "last_hidden_state", "question_embeds"):  # transformers' fields
+            diffs[f"{'itm' if head else 'itc'} {field}"] = max_diff(getattr(a, field), getattr(b, field))
+    print("blip retrieval max abs diffs", diffs)
+    assert all(d <= ATOL for d in diffs.values()), diffs
 
 
 def test_caption_length_limit_and_missing_image():

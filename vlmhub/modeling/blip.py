@@ -22,19 +22,24 @@ from .pretrained import VlmhubPreTrainedModel
 
 @dataclass
 class BlipCaptioningOutput(ModelOutput):
+    """image_embeds and last_hidden_state: both the image tower's tokens (B, 1 + N, Dv), as transformers returns."""
+
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     past_key_values: object | None = None
     image_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
 
 
 @dataclass
 class BlipRetrievalOutput(ModelOutput):
-    """itm_score: (B, 2) matching logits, or (images, texts) cosine similarities of the [CLS] features (ITC)."""
+    """itm_score: (B, 2) matching logits, or (images, texts) cosine similarities of the [CLS] features (ITC).
+    image_embeds and last_hidden_state: both the image tower's tokens (transformers fills the second)."""
 
     itm_score: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     question_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
 
 
 def text_attention_mask(attention_mask, batch: int, length: int, past: int, causal: bool, device) -> torch.Tensor:
@@ -128,7 +133,8 @@ class VlmhubBlipForConditionalGeneration(VlmhubBlipPreTrainedModel, GenerationMi
         if labels is not None:  # next-token prediction with the paper's label smoothing
             loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                                ignore_index=-100, label_smoothing=self.config.text_config.label_smoothing)
-        return BlipCaptioningOutput(loss=loss, logits=logits, past_key_values=past_key_values, image_embeds=image_embeds)
+        return BlipCaptioningOutput(loss=loss, logits=logits, past_key_values=past_key_values, image_embeds=image_embeds,
+                                    last_hidden_state=image_embeds)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         """Keep the image tokens for the later steps (generate drops pixel_values after the first)."""
@@ -176,8 +182,10 @@ class VlmhubBlipForImageTextRetrieval(VlmhubBlipPreTrainedModel):
         image_embeds = self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
         if use_itm_head:
             states = self.text_encoder(input_ids, attention_mask, image_embeds).last_hidden_state
-            return BlipRetrievalOutput(itm_score=self.itm_head(states[:, 0]), image_embeds=image_embeds, question_embeds=states)
+            return BlipRetrievalOutput(itm_score=self.itm_head(states[:, 0]), image_embeds=image_embeds,
+                                       question_embeds=states, last_hidden_state=image_embeds)
         states = self.text_encoder(input_ids, attention_mask).last_hidden_state
         image_feat = nn.functional.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
         text_feat = nn.functional.normalize(self.text_proj(states[:, 0]), dim=-1)
-        return BlipRetrievalOutput(itm_score=image_feat @ text_feat.t(), image_embeds=image_embeds, question_embeds=states)
+        return BlipRetrievalOutput(itm_score=image_feat @ text_feat.t(), image_embeds=image_embeds,
+                                   question_embeds=states, last_hidden_state=image_embeds)
