@@ -63,7 +63,8 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
 
     @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs):
-        """pooler_output: one (tokens, text width) tensor per image, in the order their image tokens appear."""
+        """pooler_output: one (tokens, text width) tensor per image, in the order their image tokens appear. Unlike
+        transformers, no last_hidden_state or hidden_states: the tower stops at the layer the features come from."""
         if self.config.image_aspect_ratio != "anyres":
             if pixel_values.ndim == 5:  # (images, 1, 3, H, W) from a batched processor
                 pixel_values = pixel_values.flatten(0, 1)
