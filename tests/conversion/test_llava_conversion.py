@@ -60,6 +60,29 @@ def test_llava_15_matches_transformers(tmp_path):
     assert diff <= 1e-5 and same
 
 
+def test_per_call_feature_layer_and_strategy_equal_transformers(tmp_path):
+    """transformers' LLaVA takes vision_feature_layer and vision_feature_select_strategy per call; so do we."""
+    hf = transformers.LlavaForConditionalGeneration(
+        transformers.LlavaConfig(vision_config=VISION, text_config=TEXT, image_token_index=IMAGE)).eval()
+    ours = through_cli(hf, tmp_path)
+    pixels = torch.randn(2, 3, 28, 28)
+    for choice, tokens in ((dict(vision_feature_layer=-1), 16), (dict(vision_feature_layer=[-3]), 16),
+                           (dict(vision_feature_select_strategy="full"), 17)):  # "full" keeps the class token
+        ids, mask = prompt_ids([tokens, tokens], left_pad=[0, 2])
+        with torch.no_grad():
+            a = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels, **choice).logits
+            b = ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, **choice).logits
+            assert max_diff(a[mask.bool()], b[mask.bool()]) <= 1e-5, choice
+            theirs, mine = hf.get_image_features(pixels, **choice), ours.get_image_features(pixels, **choice)
+            assert max_diff(torch.cat(list(theirs.pooler_output)), torch.cat(list(mine.pooler_output))) <= 1e-5
+    with pytest.raises(ValueError, match="selects 2 layers but the projector takes 1"):
+        ours.get_image_features(pixels, vision_feature_layer=[-2, -1])
+    with pytest.raises(ValueError, match="must be one of"):
+        ours.get_image_features(pixels, vision_feature_select_strategy="cls")
+    with pytest.raises(TypeError, match="pass vision_feature_layer and vision_feature_select_strategy by name"):
+        ours.get_image_features(pixels, -1)  # transformers' LLaVA-1.5 order; ours is LLaVA-NeXT's (image_sizes)
+
+
 def test_llava_next_two_aspect_ratios_match_transformers(tmp_path):
     hf = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(
         vision_config=VISION, text_config=TEXT, image_token_index=IMAGE, image_grid_pinpoints=PINPOINTS)).eval()

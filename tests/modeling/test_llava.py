@@ -65,6 +65,17 @@ def test_linear_projector_and_cls_patch_selection():
     assert out.image_hidden_states.shape == (17, 64)
 
 
+def test_a_per_call_strategy_must_fit_what_the_model_was_built_for():
+    anyres = vlmhub.LlavaConfig(vision_config=VISION, text_config=TEXT, image_token_id=IMAGE, image_aspect_ratio="anyres",
+                                image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]])
+    with pytest.raises(ValueError, match="cannot replace the configured 'patch' of a model with AnyRes"):
+        anyres.feature_selection(strategy="full")
+    pooled = model(spatial_pool_stride=2).config
+    with pytest.raises(ValueError, match="with spatial pooling"):
+        pooled.feature_selection(strategy="cls_patch")
+    assert pooled.feature_selection(-1, "default") == ([-1], "patch")  # transformers' name for our "patch"
+
+
 def test_vision_tower_stops_at_the_selected_layer():
     m = model()
     calls = []

@@ -7,6 +7,7 @@ from ..geometry.anyres import anyres_num_tokens, grid_shape
 from .clip import VlmhubCLIPVisionConfig
 
 SELECT_STRATEGIES = ("patch", "cls_patch")
+TRANSFORMERS_SELECT_STRATEGIES = {"default": "patch", "full": "cls_patch"}  # its names for the same two choices
 MERGE_TYPES = ("flat", "spatial", "spatial_unpad")
 ASPECT_RATIOS = ("square", "pad", "anyres")
 
@@ -76,6 +77,33 @@ class VlmhubLlavaConfig(PretrainedConfig):
         if r and self.image_aspect_ratio == "anyres" and self.patch_merge_type != "flat":
             raise ValueError(f"visual_token_merge cannot be combined with patch_merge_type={self.patch_merge_type!r}: "
                              "merged tokens no longer form the patch grid it arranges; use patch_merge_type='flat'")
+
+    def feature_selection(self, layer=None, strategy: str | None = None) -> tuple[list[int], str]:
+        """(tower layers, select strategy) of one forward: this config's, or the per-call `vision_feature_layer` and
+        `vision_feature_select_strategy` that transformers' LLaVA takes (its strategy names or ours), checked against
+        what the model was built for: the projector's input width fixes the number of layers, and AnyRes, pooling and
+        token merging need the strategy they were configured with."""
+        configured = self.vision_feature_layer
+        layers = [configured] if isinstance(configured, int) else list(configured)
+        if layer is not None:
+            chosen = [layer] if isinstance(layer, int) else list(layer)
+            if len(chosen) != len(layers):
+                raise ValueError(f"vision_feature_layer {layer!r} selects {len(chosen)} layers but the projector takes "
+                                 f"{len(layers)} (this model's vision_feature_layer is {configured!r})")
+            layers = chosen
+        if strategy is None or strategy == self.vision_feature_select_strategy:
+            return layers, self.vision_feature_select_strategy
+        named = TRANSFORMERS_SELECT_STRATEGIES.get(strategy, strategy)
+        if named not in SELECT_STRATEGIES:
+            raise ValueError(f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES} (transformers' "
+                             f"{tuple(TRANSFORMERS_SELECT_STRATEGIES)}), got {strategy!r}")
+        fixed = {"AnyRes": self.image_aspect_ratio == "anyres", "spatial pooling": self.spatial_pool_stride > 1,
+                 "token merging": self.visual_token_merge > 0}
+        if named != self.vision_feature_select_strategy and any(fixed.values()):
+            reason = next(name for name, on in fixed.items() if on)
+            raise ValueError(f"vision_feature_select_strategy {strategy!r} cannot replace the configured "
+                             f"{self.vision_feature_select_strategy!r} of a model with {reason}")
+        return layers, named
 
     @property
     def feature_side(self) -> int:

@@ -36,15 +36,14 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
 
     def __init__(self, config: VlmhubLlavaConfig):
         super().__init__(config)
-        layers = config.vision_feature_layer
-        self.feature_layers = [layers] if isinstance(layers, int) else list(layers)
+        feature_layers, _ = config.feature_selection()
         text_width = config.text_config.hidden_size
         self.vision_tower = VisionTransformer(config.vision_config)
         # Parameter-free ToMe compression of each crop's features (identity when visual_token_merge == 0).
         keep_cls = config.vision_feature_select_strategy == "cls_patch"
         self.token_merger = TokenMerger(config.visual_token_merge, protect_first=keep_cls)
         self.multi_modal_projector = Projector(
-            config.projector_type, config.vision_config.hidden_size * len(self.feature_layers), text_width,
+            config.projector_type, config.vision_config.hidden_size * len(feature_layers), text_width,
             bias=config.projector_bias,
         )
         # NeXT's learned end-of-row token; only the spatial_unpad merge writes rows.
@@ -53,22 +52,30 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
-    def crop_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected features of each crop: (crops, 3, H, W) -> (crops, tokens_per_crop, text width)."""
-        states = self.vision_tower.hidden_states_at(pixel_values, self.feature_layers)
-        if self.config.vision_feature_select_strategy == "patch":
+    def crop_features(self, pixel_values: torch.Tensor, layers: list[int], strategy: str) -> torch.Tensor:
+        """Projected features of each crop: (crops, 3, H, W) -> (crops, tokens_per_crop, text width), from the tower
+        `layers` and the select `strategy` (config.feature_selection)."""
+        states = self.vision_tower.hidden_states_at(pixel_values, layers)
+        if strategy == "patch":
             states = [s[:, 1:] for s in states]  # drop the class token
         features = pool_patch_grid(torch.cat(states, dim=-1), self.config.spatial_pool_stride)
         return self.multi_modal_projector(self.token_merger(features))
 
     @can_return_tuple
-    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs):
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None,
+                           vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
         """pooler_output: one (tokens, text width) tensor per image, in the order their image tokens appear. Unlike
-        transformers, no last_hidden_state or hidden_states: the tower stops at the layer the features come from."""
+        transformers, no last_hidden_state or hidden_states: the tower stops at the layer the features come from.
+        vision_feature_layer / vision_feature_select_strategy override the config for this call, as in transformers
+        (pass them by name: transformers' LLaVA and LLaVA-NeXT put them in different positions)."""
+        if image_sizes is not None and not isinstance(image_sizes, torch.Tensor):
+            raise TypeError(f"image_sizes must be a (images, 2) tensor, got {image_sizes!r}; pass vision_feature_layer "
+                            "and vision_feature_select_strategy by name")
+        layers, strategy = self.config.feature_selection(vision_feature_layer, vision_feature_select_strategy)
         if self.config.image_aspect_ratio != "anyres":
             if pixel_values.ndim == 5:  # (images, 1, 3, H, W) from a batched processor
                 pixel_values = pixel_values.flatten(0, 1)
-            return BaseModelOutputWithPooling(pooler_output=list(self.crop_features(pixel_values)))
+            return BaseModelOutputWithPooling(pooler_output=list(self.crop_features(pixel_values, layers, strategy)))
         if image_sizes is None:
             raise ValueError("AnyRes models need image_sizes (height, width) for every image, as the processor returns")
         crops = [self.num_crops(size) for size in image_sizes.tolist()]
@@ -76,7 +83,7 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
             pixel_values = torch.cat([p[:n] for p, n in zip(pixel_values, crops)])
         if pixel_values.shape[0] != sum(crops):
             raise ValueError(f"pixel_values hold {pixel_values.shape[0]} crops but image_sizes need {sum(crops)}")
-        features = self.crop_features(pixel_values).split(crops)
+        features = self.crop_features(pixel_values, layers, strategy).split(crops)
         packed = [self.pack_anyres(f, size) for f, size in zip(features, image_sizes.tolist())]
         return BaseModelOutputWithPooling(pooler_output=packed)
 
@@ -115,11 +122,17 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
+        vision_feature_layer=None,
+        vision_feature_select_strategy=None,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
+        """vision_feature_layer / vision_feature_select_strategy: this call's choice instead of the config's, as in
+        transformers (see config.feature_selection)."""
         image_features = None
         if pixel_values is not None:
-            image_features = torch.cat(self.get_image_features(pixel_values, image_sizes).pooler_output)
+            image = self.get_image_features(pixel_values, image_sizes=image_sizes, vision_feature_layer=vision_feature_layer,
+                                            vision_feature_select_strategy=vision_feature_select_strategy)
+            image_features = torch.cat(image.pooler_output)
         out = self.run_language_model(
             input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ...configuration.llava import VlmhubLlavaConfig
+from ...configuration.llava import TRANSFORMERS_SELECT_STRATEGIES, VlmhubLlavaConfig
 from ...modeling.llava import VlmhubLlavaForConditionalGeneration
 from ..engine import ConversionError, Rule
 from .transformers import clip_vision_rules
@@ -34,7 +34,7 @@ def llava_config(hf: dict) -> VlmhubLlavaConfig:
         projector_type=f"mlp2x_{projector_act}",
         projector_bias=hf.get("multimodal_projector_bias", True),
         vision_feature_layer=hf.get("vision_feature_layer", -2),
-        vision_feature_select_strategy={"default": "patch", "full": "cls_patch"}[hf.get("vision_feature_select_strategy", "default")],
+        vision_feature_select_strategy=TRANSFORMERS_SELECT_STRATEGIES[hf.get("vision_feature_select_strategy", "default")],
         image_aspect_ratio="anyres" if next_ else "square",
         image_grid_pinpoints=hf.get("image_grid_pinpoints") if next_ else None,
         patch_merge_type="spatial_unpad" if next_ else "flat",
