@@ -105,6 +105,13 @@ def test_transformers_blip2_parity_through_cli(tmp_path, text):
                   min_new_tokens=8)
     theirs, mine = hf.generate(**kwargs), ours.generate(**kwargs)
     assert torch.equal(theirs[:, -8:], mine[:, -8:])
+    encoded = {"image": ours_image}  # transformers' mm_encoder_outputs: images encoded once, then any prompt
+    with torch.no_grad():
+        again = ours(input_ids=ids, attention_mask=mask, mm_encoder_outputs=encoded).logits
+    assert max_diff(a.logits[valid], again[valid]) <= ATOL
+    kwargs = dict(kwargs, mm_encoder_outputs={"image": ours.get_image_features(pixels[:1])})
+    del kwargs["pixel_values"]
+    assert torch.equal(ours.generate(**kwargs)[:, -8:], theirs[:, -8:])
 
 
 def test_k_bias_kept_when_nonzero(tmp_path):

@@ -83,6 +83,26 @@ def test_per_call_feature_layer_and_strategy_equal_transformers(tmp_path):
         ours.get_image_features(pixels, -1)  # transformers' LLaVA-1.5 order; ours is LLaVA-NeXT's (image_sizes)
 
 
+def test_images_encoded_once_serve_forward_and_generate(tmp_path):
+    """transformers' mm_encoder_outputs: {"image": get_image_features(...)} instead of pixel_values."""
+    hf = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(
+        vision_config=VISION, text_config=TEXT, image_token_index=IMAGE, image_grid_pinpoints=PINPOINTS)).eval()
+    ours = through_cli(hf, tmp_path)
+    sizes = torch.tensor([[45, 75], [60, 25]])
+    ids, mask = prompt_ids([anyres_num_tokens(tuple(s), PINPOINTS, 28, 4) for s in sizes.tolist()])
+    pixels = torch.randn(2, 5, 3, 28, 28)
+    with torch.no_grad():
+        encoded = {"image": ours.get_image_features(pixels, image_sizes=sizes)}
+        expected = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_sizes=sizes).logits
+        got = ours(input_ids=ids, attention_mask=mask, mm_encoder_outputs=encoded).logits
+    assert max_diff(expected[mask.bool()], got[mask.bool()]) <= 1e-5
+    generate = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(mm_encoder_outputs=encoded, **generate),
+                       hf.generate(pixel_values=pixels, image_sizes=sizes, **generate))
+    with pytest.raises(ValueError, match="pass pixel_values or mm_encoder_outputs"):
+        ours(input_ids=ids, pixel_values=pixels, image_sizes=sizes, mm_encoder_outputs=encoded)
+
+
 def test_llava_next_two_aspect_ratios_match_transformers(tmp_path):
     hf = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(
         vision_config=VISION, text_config=TEXT, image_token_index=IMAGE, image_grid_pinpoints=PINPOINTS)).eval()

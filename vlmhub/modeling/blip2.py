@@ -21,7 +21,7 @@ from ..configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
 from .blocks import VisionTransformer
 from .blocks.bert import BertLMHead
 from .connectors.qformer import QFormer, stage1_attention_mask
-from .language_model import LanguageModelMixin
+from .language_model import LanguageModelMixin, pre_encoded_images
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -92,8 +92,8 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
     def num_image_tokens(self) -> int:
         raise NotImplementedError
 
-    def get_image_features(self, pixel_values: torch.Tensor,
-                           interpolate_pos_encoding: bool = False) -> BaseModelOutputWithVisionQformerOutputs:
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,
+                           **kwargs) -> BaseModelOutputWithVisionQformerOutputs:
         """(B, 3, H, W) -> `image_outputs`: pooler_output is the soft prompt (B, num_image_tokens, text width)."""
         raise NotImplementedError
 
@@ -111,10 +111,14 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
     @can_return_tuple
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, interpolate_pos_encoding=False, logits_to_keep=0,
-                **kwargs) -> Blip2CausalLMOutput:
-        if self.config.image_token_id is None and pixel_values is not None:
+                mm_encoder_outputs: dict | None = None, **kwargs) -> Blip2CausalLMOutput:
+        """mm_encoder_outputs: {"image": get_image_features(...)}, images encoded earlier (transformers' generate
+        encodes them once this way)."""
+        image = pre_encoded_images(pixel_values, mm_encoder_outputs)
+        if self.config.image_token_id is None and (pixel_values is not None or image is not None):
             raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
-        image = self.get_image_features(pixel_values, interpolate_pos_encoding) if pixel_values is not None else None
+        if image is None and pixel_values is not None:
+            image = self.get_image_features(pixel_values, interpolate_pos_encoding)
         image_features = None if image is None else image.pooler_output
         out = self.run_language_model(input_ids, inputs_embeds, image_features, attention_mask=attention_mask,
                                       position_ids=position_ids, past_key_values=past_key_values, labels=labels,
@@ -132,7 +136,9 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
             prompt = [self.config.image_token_id] * self.num_image_tokens + [self.config.text_config.bos_token_id]
             input_ids = torch.tensor([prompt], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
             attention_mask = torch.ones_like(input_ids)
-        return super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+        if pixel_values is not None:  # absent, not None: generate refuses pixel_values beside mm_encoder_outputs
+            kwargs["pixel_values"] = pixel_values
+        return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 class VlmhubBlip2ForConditionalGeneration(ImageSoftPromptModel):
@@ -152,8 +158,9 @@ class VlmhubBlip2ForConditionalGeneration(ImageSoftPromptModel):
     def num_image_tokens(self) -> int:
         return self.config.num_query_tokens
 
-    def get_image_features(self, pixel_values: torch.Tensor,
-                           interpolate_pos_encoding: bool = False) -> BaseModelOutputWithVisionQformerOutputs:
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,
+                           **kwargs) -> BaseModelOutputWithVisionQformerOutputs:
         """(B, 3, H, W) -> `image_outputs`; the soft prompt (pooler_output) is (B, num_query_tokens, text width)."""
         image_embeds = self.vision(pixel_values, interpolate_pos_encoding)  # (B, 1 + N, Dv)
         query_output = self.qformer(image_embeds)  # (B, Q, Dq)

@@ -36,3 +36,13 @@ class LanguageModelMixin(LanguageModelAccessors):
                 raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
             inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
         return self.language_model(inputs_embeds=inputs_embeds, **lm_kwargs)
+
+
+def pre_encoded_images(pixel_values, mm_encoder_outputs: dict | None):
+    """The image encoder output of transformers' `mm_encoder_outputs` ({"image": get_image_features(...)}: images
+    encoded before the call, as its generate does once per prompt), or None; never together with pixel_values."""
+    if mm_encoder_outputs is None:
+        return None
+    if pixel_values is not None:
+        raise ValueError("pass pixel_values or mm_encoder_outputs (images encoded by get_image_features), not both")
+    return mm_encoder_outputs.get("image")

@@ -14,7 +14,7 @@ from ..configuration.llava import VlmhubLlavaConfig
 from ..geometry.anyres import grid_shape, unpadded_shape
 from .blocks import VisionTransformer
 from .connectors import Projector, TokenMerger, pool_patch_grid
-from .language_model import LanguageModelMixin
+from .language_model import LanguageModelMixin, pre_encoded_images
 from .pretrained import VlmhubPreTrainedModel
 
 
@@ -124,15 +124,17 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         image_sizes: torch.Tensor | None = None,
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
+        mm_encoder_outputs: dict | None = None,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
         """vision_feature_layer / vision_feature_select_strategy: this call's choice instead of the config's, as in
-        transformers (see config.feature_selection)."""
-        image_features = None
-        if pixel_values is not None:
+        transformers (see config.feature_selection). mm_encoder_outputs: {"image": get_image_features(...)}, images
+        encoded earlier (transformers' generate encodes them once this way)."""
+        image = pre_encoded_images(pixel_values, mm_encoder_outputs)
+        if image is None and pixel_values is not None:
             image = self.get_image_features(pixel_values, image_sizes=image_sizes, vision_feature_layer=vision_feature_layer,
                                             vision_feature_select_strategy=vision_feature_select_strategy)
-            image_features = torch.cat(image.pooler_output)
+        image_features = None if image is None else torch.cat(list(image.pooler_output))
         out = self.run_language_model(
             input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs,

@@ -8,6 +8,7 @@ tokens per image where the original puts `<ImageHere>`.
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
+from transformers.utils.generic import can_return_tuple
 
 from ..configuration.minigpt4 import VlmhubMiniGPT4Config
 from .blip2 import Blip2VisionEncoder, ImageSoftPromptModel
@@ -42,7 +43,8 @@ class VlmhubMiniGPT4ForConditionalGeneration(ImageSoftPromptModel):
     def num_image_tokens(self) -> int:
         return self.config.num_image_tokens
 
-    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs):
         """(B, 3, H, W) -> `image_outputs`; the soft prompt (pooler_output) is (B, num_image_tokens, text width)."""
         image_embeds = self.vision(pixel_values, interpolate_pos_encoding)  # (B, 1 + N, Dv)
         if self.qformer is not None:
