@@ -54,6 +54,8 @@ def test_vit_model(tmp_path, pooler):
     assert len(a.hidden_states) == len(b.hidden_states)
     for x, y in zip(a.hidden_states[:-1], b.hidden_states[:-1]):  # the last differs by the final norm placement
         assert max_diff(x, y) <= ATOL
+    with pytest.raises(ValueError, match="bool_masked_pos .* not supported"):  # refused, never silently ignored
+        ours(pixels, bool_masked_pos=torch.zeros(2, 4, dtype=torch.bool))
 
 
 def test_vit_classifier_and_interpolation(tmp_path):

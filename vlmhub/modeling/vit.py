@@ -49,8 +49,11 @@ class VlmhubViTModel(VlmhubViTPreTrainedModel):
         interpolate_pos_encoding: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        if bool_masked_pos is not None:  # transformers' masked-image-modeling input: refused, not ignored
+            raise ValueError("bool_masked_pos (masked image modeling) is not supported: the tower has no mask token")
         out = self.vision_model(
             pixel_values,
             interpolate_pos_encoding=bool(interpolate_pos_encoding),
