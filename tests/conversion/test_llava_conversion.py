@@ -79,8 +79,9 @@ def test_per_call_feature_layer_and_strategy_equal_transformers(tmp_path):
         ours.get_image_features(pixels, vision_feature_layer=[-2, -1])
     with pytest.raises(ValueError, match="must be one of"):
         ours.get_image_features(pixels, vision_feature_select_strategy="cls")
-    with pytest.raises(TypeError, match="pass vision_feature_layer and vision_feature_select_strategy by name"):
-        ours.get_image_features(pixels, -1)  # transformers' LLaVA-1.5 order; ours is LLaVA-NeXT's (image_sizes)
+    for positional in (-1, [-2, -1]):  # transformers' LLaVA-1.5 order; ours is LLaVA-NeXT's (image_sizes second)
+        with pytest.raises(TypeError, match="pass vision_feature_layer and vision_feature_select_strategy by name"):
+            ours.get_image_features(pixels, positional)
 
 
 def test_images_encoded_once_serve_forward_and_generate(tmp_path):

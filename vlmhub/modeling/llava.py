@@ -68,9 +68,11 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         transformers, no last_hidden_state or hidden_states: the tower stops at the layer the features come from.
         vision_feature_layer / vision_feature_select_strategy override the config for this call, as in transformers
         (pass them by name: transformers' LLaVA and LLaVA-NeXT put them in different positions)."""
-        if image_sizes is not None and not isinstance(image_sizes, torch.Tensor):
-            raise TypeError(f"image_sizes must be a (images, 2) tensor, got {image_sizes!r}; pass vision_feature_layer "
-                            "and vision_feature_select_strategy by name")
+        if image_sizes is not None:
+            image_sizes = torch.as_tensor(image_sizes)
+            if image_sizes.ndim != 2 or image_sizes.shape[-1] != 2:  # e.g. transformers' LLaVA-1.5 order: (px, layer)
+                raise TypeError(f"image_sizes must be (images, 2) (height, width) pairs, got {image_sizes.tolist()}; "
+                                "pass vision_feature_layer and vision_feature_select_strategy by name")
         layers, strategy = self.config.feature_selection(vision_feature_layer, vision_feature_select_strategy)
         if self.config.image_aspect_ratio != "anyres":
             if pixel_values.ndim == 5:  # (images, 1, 3, H, W) from a batched processor
