@@ -120,6 +120,22 @@ def test_batched_logits_and_greedy_generation_equal_transformers(converted):
     assert a.shape == (2, 20) and torch.equal(a, b)
 
 
+def test_precomputed_cross_attention_states_in_either_layout(converted):
+    """transformers' cross_attention_states are (batch * images * tiles, tokens, hidden); ours (batch, all, hidden)."""
+    hf, ours, _ = converted
+    x = inputs([(2, 2), (1, 2)], batch=2)
+    x["pixel_values"][1] = torch.randn_like(x["pixel_values"][1]) * (x["pixel_values"][0] != 0)
+    text = {k: v for k, v in x.items() if k != "pixel_values"}
+    with torch.no_grad():
+        tokens = hf.model.vision_model(x["pixel_values"], x["aspect_ratio_ids"], x["aspect_ratio_mask"]).last_hidden_state
+        theirs = hf.model.multi_modal_projector(tokens).reshape(-1, tokens.shape[-2], hf.config.text_config.hidden_size)
+        expected = hf(**x).logits
+        for states in (theirs, theirs.reshape(2, -1, theirs.shape[-1])):
+            assert max_diff(ours(**text, cross_attention_states=states).logits, expected) <= ATOL
+        with pytest.raises(ValueError, match="rows for a batch of 2"):
+            ours(**text, cross_attention_states=theirs[:3])
+
+
 def test_hidden_states_are_transformers_entries_after_self_attention_layers(converted):
     """transformers lists its cross-attention layers as layers of their own; ours run inside the self-attention layer
     they precede, so our hidden states are its entries 0 (embeddings) and those after each self-attention layer."""

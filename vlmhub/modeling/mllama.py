@@ -238,7 +238,8 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """cross_attention_states (B, S, text hidden): projected image tokens computed earlier (instead of pixels)."""
+        """cross_attention_states: projected image tokens computed earlier (instead of pixels), (B, images * tiles *
+        tokens, text hidden) or transformers' (B * images * tiles, tokens, text hidden)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds")
         if pixel_values is not None and cross_attention_states is not None:
@@ -253,6 +254,12 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
             self._check_image_tokens(input_ids, aspect_ratio_ids)
             image_tokens = self.get_image_features(pixel_values, aspect_ratio_ids, aspect_ratio_mask).pooler_output
             cross_attention_states = image_tokens.flatten(1, 3)  # (B, images * tiles * tokens, text hidden)
+        elif cross_attention_states is not None and len(cross_attention_states) != len(inputs_embeds):
+            B, D = len(inputs_embeds), cross_attention_states.shape[-1]
+            if len(cross_attention_states) % B:
+                raise ValueError(f"cross_attention_states hold {len(cross_attention_states)} rows for a batch of {B}: "
+                                 "expected (B, images * tiles * tokens, hidden) or (B * images * tiles, tokens, hidden)")
+            cross_attention_states = cross_attention_states.reshape(B, -1, D)  # transformers' layout, tile-major
         media_mask = None
         if cross_attention_mask is not None:
             media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], past_key_values)
