@@ -22,6 +22,12 @@ SETTINGS = {
 }
 
 
+def dirty_or_zeroed(zeroed: bool):
+    """A stand-in for `image.tile_array`: memory full of NaN (as reused heap memory may hold anything) that the
+    processor must overwrite everywhere, or zeros it may leave where no tile goes."""
+    return lambda shape: (np.zeros(shape, np.float32), True) if zeroed else (np.full(shape, np.nan, np.float32), False)
+
+
 def two_steps(pixels: torch.Tensor, do_rescale, factor, do_normalize, mean, std) -> torch.Tensor:
     values = rescale(pixels, factor) if do_rescale else pixels.float()
     return normalize(values, mean, std) if do_normalize else values
@@ -103,8 +109,7 @@ def test_write_tiles_equals_a_padded_canvas_cut_into_tiles(grid, offset):
 ])
 @pytest.mark.parametrize("zeroed", [False, True], ids=["dirty-memory", "zeroed-memory"])
 def test_anyres_crops_written_in_place_equal_the_pil_crops(monkeypatch, settings, fast, zeroed):
-    monkeypatch.setattr(llava, "tile_array", lambda shape: (np.zeros(shape, np.float32), True) if zeroed
-                        else (np.full(shape, np.nan, np.float32), False))  # reused memory may hold anything
+    monkeypatch.setattr(llava, "tile_array", dirty_or_zeroed(zeroed))
     pinpoints = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
     processor = vlmhub.LlavaImageProcessor(image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, **settings)
     images = [random_image(h, w, i) for i, (h, w) in enumerate([(45, 75), (60, 25), (28, 28), (100, 10), (7, 9), (1, 1)])]

@@ -13,6 +13,7 @@ from transformers.models.mllama import image_processing_pil_mllama as hf_tiling
 from transformers.models.mllama.processing_mllama import get_cross_attention_token_mask
 
 from tests.modeling.test_mllama import register
+from tests.processing.test_level_map import dirty_or_zeroed
 from vlmhub.processing import mllama as mllama_processing
 from vlmhub.processing.mllama import VlmhubMllamaImageProcessor, VlmhubMllamaProcessor, image_spans
 from vlmhub.processing.tiling import (
@@ -123,12 +124,6 @@ def test_image_processor_equals_transformers(scale):
     for k, (w, h) in enumerate(SIZES_WH):
         im = image(max(1, w // scale), max(1, h // scale), seed=k)
         assert_same(theirs(im, return_tensors="pt"), ours(im, return_tensors="pt"))
-
-
-def dirty_or_zeroed(zeroed: bool):
-    """A stand-in for `image.tile_array`: memory full of NaN (as reused heap memory may hold anything) that the
-    processor must overwrite everywhere, or zeros it may leave where no tile goes."""
-    return lambda shape: (np.zeros(shape, np.float32), True) if zeroed else (np.full(shape, np.nan, np.float32), False)
 
 
 @pytest.mark.parametrize("zeroed", [False, True], ids=["dirty-memory", "zeroed-memory"])
