@@ -109,9 +109,9 @@ def decode_step(model, x: dict):
     """One cached decode step after a prefill (no pixels: the image keys/values come from the cache). Each call
     appends a token to the cache, so interleaved runs grow both caches alike."""
     with torch.inference_mode():
-        cache = model(**x, use_cache=True).past_key_values
+        cache = model(**x, use_cache=True).cache
     step = dict(input_ids=x["input_ids"][:, -1:], cross_attention_mask=x["cross_attention_mask"][:, -1:],
-                past_key_values=cache, use_cache=True)
+                cache=cache, use_cache=True)
     return lambda: model(**step)
 
 

@@ -61,7 +61,7 @@ def test_decode_step_compiles_to_one_graph_that_matches_eager(name):
     torch.manual_seed(0)
     model, inputs = CASES[name]()
     prefill, step = generate_calls(model, inputs)[:2]
-    cache = prefill["past_key_values"]
+    cache = prefill["cache"]
 
     def decode(forward):
         cache.reset()

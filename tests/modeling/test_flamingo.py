@@ -214,7 +214,7 @@ def test_step_by_step_decoding_matches_one_forward():
         out = model(input_ids=ids[:, :7], pixel_values=x["pixel_values"][:, :2], use_cache=True)
         steps = [out.logits]
         for t in range(7, 9):  # no pixels: the cache holds images 1-2; index given for the new token
-            out = model(input_ids=ids[:, t : t + 1], image_index=index[:, : t + 1], past_key_values=out.past_key_values)
+            out = model(input_ids=ids[:, t : t + 1], image_index=index[:, : t + 1], cache=out.cache)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, :9], atol=1e-5, rtol=1e-5)
 
@@ -231,7 +231,7 @@ def test_bad_inputs_give_clear_errors():
     with torch.no_grad():
         out = model(**x, use_cache=True)
     with pytest.raises(ValueError, match="pass image_index"):
-        model(input_ids=torch.tensor([[5]]), past_key_values=out.past_key_values)
+        model(input_ids=torch.tensor([[5]]), cache=out.cache)
 
 
 def test_text_only_input_is_the_bare_language_model():

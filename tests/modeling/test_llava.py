@@ -52,7 +52,7 @@ def test_spatial_pooling_gives_four_times_fewer_tokens():
     pooled = model(spatial_pool_stride=2)
     assert pooled.config.tokens_per_crop == 4  # (28/7 / 2)^2 instead of 16
     out = pooled(input_ids=prompt(4), pixel_values=torch.randn(1, 3, 28, 28))
-    assert out.image_hidden_states.shape == (4, 64)
+    assert torch.cat(out.image_outputs.pooler_output).shape == (4, 64)
     with pytest.raises(ValueError, match="does not divide"):
         model(spatial_pool_stride=3)
 
@@ -62,7 +62,7 @@ def test_linear_projector_and_cls_patch_selection():
     assert not hasattr(m.multi_modal_projector, "linear_2")
     assert m.multi_modal_projector.linear_1.in_features == 64  # two layers concatenated
     out = m(input_ids=prompt(17), pixel_values=torch.randn(1, 3, 28, 28))
-    assert out.image_hidden_states.shape == (17, 64)
+    assert torch.cat(out.image_outputs.pooler_output).shape == (17, 64)
 
 
 def test_a_per_call_strategy_must_fit_what_the_model_was_built_for():

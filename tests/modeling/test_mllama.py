@@ -208,7 +208,7 @@ def test_step_by_step_decoding_matches_one_forward():
         out = model(input_ids=ids[:, :6], cross_attention_mask=cam[:, :6], use_cache=True, **x)
         steps = [out.logits]
         for t in range(6, 10):  # no pixels any more: the cache holds the image keys/values
-            out = model(input_ids=ids[:, t : t + 1], cross_attention_mask=cam, past_key_values=out.past_key_values)
+            out = model(input_ids=ids[:, t : t + 1], cross_attention_mask=cam, cache=out.cache)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
@@ -303,7 +303,7 @@ def test_image_cache_slots_survive_cropping_the_text():
     model = tiny_model()
     x = full_inputs()
     with torch.no_grad():
-        cache = model(**x, use_cache=True).past_key_values
+        cache = model(**x, use_cache=True).cache
     assert len(cache.layers) == 5 and cache.get_seq_length() == 10  # 3 text layers + 2 image slots
     image_keys = cache.layers[3].keys.clone()
     assert image_keys.shape[-2] == 2 * 4 * 5  # images * tiles * tokens

@@ -60,7 +60,7 @@ def test_media_slots_keep_a_static_cache_static_and_a_reset_empties_them():
     for cache, compileable in ((StaticCache(config=model.config.text_config, max_cache_len=32), True),
                                (DynamicCache(config=model.config.text_config), False)):
         with torch.no_grad():
-            model(**inputs, past_key_values=cache, use_cache=True)
+            model(**inputs, cache=cache, use_cache=True)
         media = [layer for layer in cache.layers if isinstance(layer, MediaCacheLayer)]
         assert len(media) == len(model.config.cross_attention_layers)
         # transformers decodes without a mask only when some layer is dynamic; a static one's empty slots need it

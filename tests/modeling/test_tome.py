@@ -118,7 +118,7 @@ def test_llava_with_token_merging_runs_forward_and_generate_with_the_processor_p
     assert (inputs["input_ids"] == IMAGE).sum() == 8
     with torch.no_grad():
         out = model(**inputs)
-    assert out.image_hidden_states.shape == (8, 64)
+    assert torch.cat(out.image_outputs.pooler_output).shape == (8, 64)
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert generated.shape == (1, inputs["input_ids"].shape[1] + 4)
     loss = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)).loss
@@ -138,7 +138,7 @@ def test_token_merging_with_pooling_class_token_and_anyres_flat():
         inputs = p(images=picture(28, 56), text="USER: <image> what ? ASSISTANT:", return_tensors="pt")
         assert (inputs["input_ids"] == IMAGE).sum() == expected == cfg.tokens_per_image((28, 56))
         with torch.no_grad():
-            assert model(**inputs).image_hidden_states.shape == (expected, 64)
+            assert torch.cat(model(**inputs).image_outputs.pooler_output).shape == (expected, 64)
 
 
 def test_save_load_round_trips_the_option(tmp_path):

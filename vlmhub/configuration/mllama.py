@@ -112,7 +112,7 @@ class VlmhubMllamaConfig(PretrainedConfig):
     # resize_token_embeddings, which folds them into the text table (as transformers' one table holds them).
     num_learnable_embeddings: int = 8
     # Zero the cross-attention output of text tokens that see no image (before the first one), as Meta's reference
-    # does. transformers' Mllama (<= 5.23) zeroes only the cross-attention MLP there: set False to match it exactly.
+    # does. transformers' Mllama (through 5.25) zeroes only the cross-attention MLP there: set False to match it exactly.
     mask_cross_attention_rows: bool = True
     tie_word_embeddings: bool = False
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.blip import VlmhubBlipConfig, VlmhubBlipTextConfig
@@ -26,7 +27,7 @@ class BlipCaptioningOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
     image_embeds: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
 
@@ -70,13 +71,13 @@ class BlipTextModel(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, input_ids, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                is_decoder=False, past_key_values=None) -> BaseModelOutputWithPast:
+                is_decoder=False, cache=None) -> BaseModelOutputWithPast:
         B, T = input_ids.shape
-        if past_key_values is not None and past_key_values.is_compileable:
+        if cache is not None and cache.is_compileable:
             raise ValueError("BLIP's text decoder needs a cache that grows with the text (DynamicCache, the default); "
                              "fixed-size caches such as cache_implementation='static' are not supported (nor are they "
                              "in transformers' BLIP)")
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         if past + T > self.config.max_position_embeddings:
             raise ValueError(f"text of {past + T} tokens exceeds max_position_embeddings {self.config.max_position_embeddings}")
         positions = torch.arange(past, past + T, device=input_ids.device)
@@ -84,8 +85,8 @@ class BlipTextModel(nn.Module):
         mask = text_attention_mask(attention_mask, B, T, past, is_decoder, x.device)
         cross_mask = encoder_attention_mask.bool()[:, None, None, :] if encoder_attention_mask is not None else None
         for layer in self.layers:
-            x, _ = layer(x, mask, encoder_hidden_states, cross_mask, past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
+            x, _ = layer(x, mask, encoder_hidden_states, cross_mask, cache)
+        return BaseModelOutputWithPast(last_hidden_state=x, cache=cache)
 
 
 class VlmhubBlipPreTrainedModel(VlmhubPreTrainedModel):
@@ -118,22 +119,23 @@ class VlmhubBlipForConditionalGeneration(VlmhubBlipPreTrainedModel, GenerationMi
         return self.lm_head.decoder
 
     @can_return_tuple
-    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None, past_key_values=None,
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None, cache=None,
                 image_embeds=None, use_cache=None, interpolate_pos_encoding=False, **kwargs) -> BlipCaptioningOutput:
         if image_embeds is None:
             if pixel_values is None:
                 raise ValueError("pass pixel_values (or image_embeds): BLIP captions are grounded in an image")
             image_embeds = self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state  # (B, 1+N, Dv)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config.text_config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config.text_config)
         states = self.text_decoder(input_ids, attention_mask, image_embeds, is_decoder=True,
-                                   past_key_values=past_key_values).last_hidden_state
+                                   cache=cache).last_hidden_state
         logits = self.lm_head(states)
         loss = None
         if labels is not None:  # next-token prediction with the paper's label smoothing
             loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                                ignore_index=-100, label_smoothing=self.config.text_config.label_smoothing)
-        return BlipCaptioningOutput(loss=loss, logits=logits, past_key_values=past_key_values, image_embeds=image_embeds,
+        return BlipCaptioningOutput(loss=loss, logits=logits, cache=cache, image_embeds=image_embeds,
                                     last_hidden_state=image_embeds)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.blip2 import VlmhubBlip2Config, VlmhubBlip2Stage1Config
@@ -33,7 +34,7 @@ class Blip2CausalLMOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
     image_hidden_states: torch.FloatTensor | None = None
@@ -109,7 +110,8 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
                                                        vision_outputs=vision, qformer_outputs=qformer)
 
     @can_return_tuple
-    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, past_key_values=None,
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, interpolate_pos_encoding=False, logits_to_keep=0,
                 mm_encoder_outputs: dict | None = None, **kwargs) -> Blip2CausalLMOutput:
         """mm_encoder_outputs: {"image": get_image_features(...)}, images encoded earlier (transformers' generate
@@ -121,9 +123,9 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
             image = self.get_image_features(pixel_values, interpolate_pos_encoding)
         image_features = None if image is None else image.pooler_output
         out = self.run_language_model(input_ids, inputs_embeds, image_features, attention_mask=attention_mask,
-                                      position_ids=position_ids, past_key_values=past_key_values, labels=labels,
+                                      position_ids=position_ids, cache=cache, labels=labels,
                                       logits_to_keep=logits_to_keep, **kwargs)
-        return Blip2CausalLMOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
+        return Blip2CausalLMOutput(loss=out.loss, logits=out.logits, cache=out.cache,
                                    hidden_states=out.hidden_states, attentions=out.attentions,
                                    image_hidden_states=image_features, language_model_outputs=out,
                                    vision_outputs=None if image is None else image.vision_outputs,

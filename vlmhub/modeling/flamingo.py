@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.flamingo import VlmhubFlamingoConfig
@@ -112,6 +113,7 @@ class VlmhubFlamingoForConditionalGeneration(LanguageModelAccessors, VlmhubFlami
         return BaseModelOutputWithPooling(last_hidden_state=patches, pooler_output=self.perceiver(patches))
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -119,7 +121,7 @@ class VlmhubFlamingoForConditionalGeneration(LanguageModelAccessors, VlmhubFlami
         attention_mask: torch.Tensor | None = None,
         image_index: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -130,7 +132,7 @@ class VlmhubFlamingoForConditionalGeneration(LanguageModelAccessors, VlmhubFlami
         from input_ids when omitted (required for decode steps on a cache holding images; generate passes it)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds")
-        media_states, num_images = None, self._cached_images(past_key_values)
+        media_states, num_images = None, self._cached_images(cache)
         if pixel_values is not None:
             self._check_image_tokens(input_ids, pixel_values.shape[1])
             media = self.get_image_features(pixel_values).pooler_output  # (B, images, n, Dv)
@@ -138,21 +140,21 @@ class VlmhubFlamingoForConditionalGeneration(LanguageModelAccessors, VlmhubFlami
         mask = None
         if num_images:
             T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            index = self._image_index(input_ids, image_index, T, past_key_values)
+            index = self._image_index(input_ids, image_index, T, cache)
             mask = prepare_media_mask(media_mask(index, num_images, self.config.num_latents))
         return self.language_model(
             input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, labels=labels,
+            position_ids=position_ids, cache=cache, use_cache=use_cache, labels=labels,
             logits_to_keep=logits_to_keep, media_states=media_states, media_mask=mask, **kwargs,
         )
 
-    def _cached_images(self, past_key_values) -> int:
+    def _cached_images(self, cache) -> int:
         """How many images' keys/values the cache holds (0 = none)."""
-        cached = cached_media(past_key_values, self.cross_attention_slots[0])
+        cached = cached_media(cache, self.cross_attention_slots[0])
         return 0 if cached is None else cached[0].shape[-2] // self.config.num_latents
 
-    def _image_index(self, input_ids, index, length: int, past_key_values) -> torch.LongTensor:
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+    def _image_index(self, input_ids, index, length: int, cache) -> torch.LongTensor:
+        past = cache.get_seq_length() if cache is not None else 0
         if index is None:
             if input_ids is None or past:
                 raise ValueError("pass image_index (the 1-based image each token attends to, e.g. vlmhub.modeling."

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.llava import VlmhubLlavaConfig
@@ -113,13 +114,14 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         return torch.cat([base, torch.cat([grid, newline], dim=1).flatten(0, 1)])
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -139,13 +141,7 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         image_features = None if image is None else torch.cat(list(image.pooler_output))
         out = self.run_language_model(
             input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
+            cache=cache, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
         )
-        return LlavaCausalLMOutputWithPast(
-            loss=out.loss,
-            logits=out.logits,
-            past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            image_hidden_states=image_features,
-        )
+        return LlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache,
+                                           hidden_states=out.hidden_states, attentions=out.attentions, image_outputs=image)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.mllama import VlmhubMllamaConfig, VlmhubMllamaVisionConfig
@@ -221,6 +222,7 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         return BaseModelOutputWithPooling(last_hidden_state=states, pooler_output=self.multi_modal_projector(states))
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -231,13 +233,13 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         cross_attention_mask: torch.Tensor | None = None,
         cross_attention_states: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> MultimodalCausalLMOutputWithPast:
         """cross_attention_states: projected image tokens computed earlier (instead of pixels), (B, images * tiles *
         tokens, text hidden) or transformers' (B * images * tiles, tokens, text hidden)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -248,12 +250,13 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
             inputs_embeds = self.embed_tokens(input_ids)
         if labels is not None:
             self._check_labels(labels)
+        image = None  # the image tower's output (image_outputs), when pixels come in
         if pixel_values is not None:
             if aspect_ratio_ids is None:
                 raise ValueError("pixel_values need aspect_ratio_ids (and aspect_ratio_mask), as the processor returns")
             self._check_image_tokens(input_ids, aspect_ratio_ids)
-            image_tokens = self.get_image_features(pixel_values, aspect_ratio_ids, aspect_ratio_mask).pooler_output
-            cross_attention_states = image_tokens.flatten(1, 3)  # (B, images * tiles * tokens, text hidden)
+            image = self.get_image_features(pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+            cross_attention_states = image.pooler_output.flatten(1, 3)  # (B, images * tiles * tokens, text hidden)
         elif cross_attention_states is not None and len(cross_attention_states) != len(inputs_embeds):
             B, D = len(inputs_embeds), cross_attention_states.shape[-1]
             if len(cross_attention_states) % B:
@@ -262,22 +265,16 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
             cross_attention_states = cross_attention_states.reshape(B, -1, D)  # transformers' layout, tile-major
         media_mask = None
         if cross_attention_mask is not None:
-            media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], past_key_values)
+            media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], cache)
             media_mask = prepare_media_mask(media_mask)  # once for every cross-attention layer
-        return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            media_states=cross_attention_states,
-            media_mask=media_mask,
-            **kwargs,
+        out = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            use_cache=use_cache, labels=labels, logits_to_keep=logits_to_keep, media_states=cross_attention_states,
+            media_mask=media_mask, **kwargs,
         )
+        return MultimodalCausalLMOutputWithPast(**out, image_outputs=image)
 
-    def media_mask(self, cross_attention_mask: torch.Tensor, seq_len: int, past_key_values) -> torch.Tensor:
+    def media_mask(self, cross_attention_mask: torch.Tensor, seq_len: int, cache) -> torch.Tensor:
         """(B, T, images, tiles) 1/0 tile mask -> boolean (B, T, images * tiles * tokens) over the image tokens. A mask
         longer than the input (a forward call with a cache) is cut to the rows of the new tokens."""
         vision = self.config.vision_config
@@ -285,7 +282,7 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
             raise ValueError(f"cross_attention_mask must be (batch, text tokens, images, {vision.max_num_tiles} tiles),"
                              f" got {tuple(cross_attention_mask.shape)}")
         if cross_attention_mask.shape[1] != seq_len:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             cross_attention_mask = cross_attention_mask[:, past : past + seq_len]
         B, T, I, tiles = cross_attention_mask.shape
         expanded = cross_attention_mask.bool()[..., None].expand(B, T, I, tiles, vision.num_positions)

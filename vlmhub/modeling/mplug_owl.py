@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.mplug_owl import VlmhubMplugOwlConfig
@@ -56,31 +57,27 @@ class VlmhubMplugOwlForConditionalGeneration(LanguageModelMixin, VlmhubMplugOwlP
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=queries[:, 0])
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
         """labels at image tokens are ignored (-100) in the loss, as the original's non_media_mask does."""
-        image_features = self.get_image_features(pixel_values).last_hidden_state if pixel_values is not None else None
+        image = self.get_image_features(pixel_values) if pixel_values is not None else None
+        image_features = None if image is None else image.last_hidden_state
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
         out = self.run_language_model(
             input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
+            cache=cache, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
         )
-        return LlavaCausalLMOutputWithPast(
-            loss=out.loss,
-            logits=out.logits,
-            past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            image_hidden_states=image_features,
-        )
+        return LlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache,
+                                           hidden_states=out.hidden_states, attentions=out.attentions, image_outputs=image)

@@ -108,7 +108,7 @@ class Attention(nn.Module):
         v = self.v_proj(source).view(B, S, -1, self.head_dim).transpose(1, 2)
         return (k if self.k_norm is None else self.k_norm(k)), v
 
-    def forward(self, hidden_states, context=None, attention_mask=None, past_key_values=None, output_attentions=False,
+    def forward(self, hidden_states, context=None, attention_mask=None, cache=None, output_attentions=False,
                 key_value=None):
         B, T, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -116,8 +116,8 @@ class Attention(nn.Module):
             q = self.q_norm(q)
         if key_value is None:
             k, v = self.project_key_value(hidden_states if context is None else context)
-            if past_key_values is not None:
-                k, v = past_key_values.update(k, v, self.layer_idx)
+            if cache is not None:
+                k, v = cache.update(k, v, self.layer_idx)
         else:
             k, v = key_value
 

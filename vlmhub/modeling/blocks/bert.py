@@ -37,9 +37,9 @@ class BertLayer(GradientCheckpointingLayer):
         return Attention(config, hidden_size=config.hidden_size, num_heads=config.num_attention_heads, kv_dim=kv_dim,
                          is_causal=is_causal, dropout=config.attention_probs_dropout_prob, layer_idx=layer_idx)
 
-    def attend(self, x, attention_mask=None, past_key_values=None, output_attentions=False):
+    def attend(self, x, attention_mask=None, cache=None, output_attentions=False):
         """Post-norm self-attention: (B, T, D) -> (B, T, D), weights."""
-        h, weights = self.self_attn(x, attention_mask=attention_mask, past_key_values=past_key_values,
+        h, weights = self.self_attn(x, attention_mask=attention_mask, cache=cache,
                                     output_attentions=output_attentions)
         return self.self_attn_norm(x + self.dropout(h)), weights
 
@@ -56,8 +56,8 @@ class BertLayer(GradientCheckpointingLayer):
         return norm(x + self.dropout(mlp(x)))
 
     def forward(self, x, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                past_key_values=None, output_attentions=False):
-        x, weights = self.attend(x, attention_mask, past_key_values, output_attentions)
+                cache=None, output_attentions=False):
+        x, weights = self.attend(x, attention_mask, cache, output_attentions)
         if self.cross_attn is not None and encoder_hidden_states is not None:  # no image: the unimodal text mode
             x = self.cross_attend(x, encoder_hidden_states, encoder_attention_mask)
         return self.feed_forward(x), weights

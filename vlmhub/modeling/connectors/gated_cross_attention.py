@@ -4,7 +4,7 @@
 any transformers causal LM. The placement is decided once, when the model is built (`insert_cross_attention`), from
 a list of indices in the config; nothing is patched at run time and no layer keeps state between calls: the media
 and their mask arrive as forward arguments, and the media keys/values, when cached, live in the generation cache
-passed to every call (`past_key_values`), at the slot `layer_idx` of the block.
+passed to every call (`cache`), at the slot `layer_idx` of the block.
 """
 
 import torch
@@ -76,11 +76,11 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
             self.mlp = MLP(hidden_size, intermediate_size, hidden_act, bias=False)
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, hidden_states, media_states=None, media_mask=None, past_key_values: Cache | None = None,
+    def forward(self, hidden_states, media_states=None, media_mask=None, cache: Cache | None = None,
                 output_attentions: bool = False):
         """-> hidden_states (B, T, D). Without media_states the keys/values cached at prefill are used; with neither
         (a text-only call) the layer is skipped and hidden_states come back unchanged."""
-        key_value = self.media_key_value(media_states, past_key_values)
+        key_value = self.media_key_value(media_states, cache)
         if key_value is None:
             return hidden_states
         attend, row = _visibility(media_mask, hidden_states, key_value[0].shape[-2])
@@ -94,16 +94,16 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
             h = h * row
         return hidden_states + self.mlp_gate.tanh() * h
 
-    def media_key_value(self, media_states, past_key_values):
+    def media_key_value(self, media_states, cache):
         """Keys/values (B, nkv, S, hs) of the media: projected (and cached) when media_states are given, else read
         from the cache; None when there are neither."""
         if media_states is not None:
             key_value = self.cross_attn.project_key_value(media_states)
-            if past_key_values is None:
+            if cache is None:
                 return key_value
-            _reserve_slot(past_key_values, self.layer_idx)
-            return past_key_values.update(*key_value, self.layer_idx)
-        return cached_media(past_key_values, self.layer_idx)
+            _reserve_slot(cache, self.layer_idx)
+            return cache.update(*key_value, self.layer_idx)
+        return cached_media(cache, self.layer_idx)
 
 
 class MediaMask:
@@ -143,11 +143,11 @@ def _visibility(media_mask, hidden_states, num_media_tokens: int):
     return media_mask.additive(hidden_states.dtype), media_mask.row
 
 
-def cached_media(past_key_values: Cache | None, slot: int):
+def cached_media(cache: Cache | None, slot: int):
     """The media keys/values stored at `slot` of a generation cache, or None."""
-    if past_key_values is None or slot >= len(past_key_values.layers):
+    if cache is None or slot >= len(cache.layers):
         return None
-    layer = past_key_values.layers[slot]
+    layer = cache.layers[slot]
     if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
         return None
     return layer.keys, layer.values
@@ -172,12 +172,12 @@ class MediaCacheLayer(DynamicLayer):
         self.is_initialized = False
 
 
-def _reserve_slot(past_key_values: Cache, slot: int) -> None:
+def _reserve_slot(cache: Cache, slot: int) -> None:
     """Caches built from the language model's config hold one layer per decoder layer; media slots come after."""
-    while len(past_key_values.layers) < slot:
-        past_key_values.layers.append(DynamicLayer())
-    if len(past_key_values.layers) == slot:
-        past_key_values.layers.append(MediaCacheLayer())
+    while len(cache.layers) < slot:
+        cache.layers.append(DynamicLayer())
+    if len(cache.layers) == slot:
+        cache.layers.append(MediaCacheLayer())
 
 
 class DecoderLayerWithCrossAttention(nn.Module):
@@ -193,10 +193,10 @@ class DecoderLayerWithCrossAttention(nn.Module):
         self.gated_cross_attn = gated_cross_attn
         self.decoder_layer = decoder_layer
 
-    def forward(self, hidden_states, *args, media_states=None, media_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, *args, media_states=None, media_mask=None, cache=None, **kwargs):
         # positional tensors, keyword cache: gradient checkpointing drops the cache rather than writing it twice
-        hidden_states = self.gated_cross_attn(hidden_states, media_states, media_mask, past_key_values=past_key_values)
-        return self.decoder_layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
+        hidden_states = self.gated_cross_attn(hidden_states, media_states, media_mask, cache=cache)
+        return self.decoder_layer(hidden_states, *args, cache=cache, **kwargs)
 
 
 def insert_cross_attention(layers: nn.ModuleList, blocks: dict[int, GatedCrossAttentionLayer]) -> None:
