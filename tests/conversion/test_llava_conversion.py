@@ -41,10 +41,13 @@ def prompt_ids(counts: list[int], text_len: int = 6, left_pad: list[int] | None 
 
 
 def compare(hf, ours, **inputs):
+    """Max abs diff of the logits and of each image's features (image_outputs.pooler_output), and whether greedy
+    generation gives the same tokens."""
     with torch.no_grad():
-        a, b = hf(**inputs).logits, ours(**inputs).logits
+        a, b = hf(**inputs), ours(**inputs)
     mask = inputs["attention_mask"].bool()
-    diff = max_diff(a[mask], b[mask])
+    features = zip(a.image_outputs.pooler_output, b.image_outputs.pooler_output, strict=True)
+    diff = max([max_diff(a.logits[mask], b.logits[mask])] + [max_diff(x, y) for x, y in features])
     generate = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
     same = torch.equal(hf.generate(**inputs, **generate), ours.generate(**inputs, **generate))
     return diff, same
