@@ -14,6 +14,7 @@ import torch
 
 from tests.modeling.test_static_cache import CASES
 from vlmhub.configuration.clip import VlmhubCLIPVisionConfig
+from vlmhub.modeling.blip2 import ImageSoftPromptModel
 from vlmhub.modeling.blocks.vit import VisionTransformer
 
 BACKEND = os.environ.get("VLMHUB_COMPILE_BACKEND", "inductor")
@@ -45,10 +46,18 @@ def test_compiled_vision_tower_matches_eager(tower):
     torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
 
 
+def decoder(model):
+    """The module whose forward generate runs: BLIP-2 and MiniGPT-4 decode on the bare language model, as
+    transformers' BLIP-2 does; the other families on their own forward."""
+    return model.language_model if isinstance(model, ImageSoftPromptModel) else model
+
+
 def generate_calls(model, inputs) -> list[dict]:
-    """The keyword arguments generate passes to forward: prefill, then decode steps (on a static cache)."""
+    """The keyword arguments generate passes to `decoder(model)`'s forward: prefill, then decode steps (on a static
+    cache)."""
     calls = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
+    hook = decoder(model).register_forward_pre_hook(lambda module, args, kwargs: calls.append(dict(kwargs)),
+                                                    with_kwargs=True)
     try:
         model.generate(**inputs, max_new_tokens=2, do_sample=False, cache_implementation="static")
     finally:
@@ -61,6 +70,7 @@ def test_decode_step_compiles_to_one_graph_that_matches_eager(name):
     torch.manual_seed(0)
     model, inputs = CASES[name]()
     prefill, step = generate_calls(model, inputs)[:2]
+    model = decoder(model)
     cache = prefill["cache"]
 
     def decode(forward):

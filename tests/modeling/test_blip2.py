@@ -1,6 +1,8 @@
 """BLIP-2 models: behaviour of the generative model (OPT and Llama soft prompts) and the stage-1 model, with a tiny
 stage-1 training run whose ITC / ITM / ITG losses fall."""
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForImageTextToText
@@ -101,6 +103,38 @@ def test_generate_with_and_without_prompt(model):
     bare = model.generate(pixel_values=x["pixel_values"], max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert bare.shape == (1, Q + 1 + 3) and (bare[0, :Q] == IMAGE).all()
 
+
+
+def test_generate_decodes_on_the_bare_language_model_with_this_models_generation_config(model):
+    """As transformers' BLIP-2: the soft prompt goes in once, as the prompt's embeddings, and the decode steps run the
+    language model alone (no wrapper per step); this model's generation_config (suppress_tokens, ...) applies, and a
+    generation_config passed in replaces it. Greedy tokens equal a loop of full forwards."""
+    x = batch(1)
+    x["attention_mask"][:] = 1  # no padding: full forwards number positions as generate does
+    calls = {"wrapper": 0, "language_model": 0}
+    hooks = [m.register_forward_pre_hook(lambda *_, key=key: calls.__setitem__(key, calls[key] + 1))
+             for key, m in (("wrapper", model), ("language_model", model.language_model))]
+    try:
+        out = model.generate(**x, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {"wrapper": 0, "language_model": 4}
+    ids = x["input_ids"]
+    for _ in range(4):  # the same tokens from full forwards, no cache
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=x["pixel_values"]).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+    first = int(out[0, -4])
+    model.generation_config.suppress_tokens = [first]
+    try:
+        assert model.generate(**x, max_new_tokens=4, do_sample=False)[0, -4] != first
+        own = copy.deepcopy(model.generation_config)
+        own.suppress_tokens, own.max_new_tokens, own.do_sample = None, 4, False
+        assert torch.equal(model.generate(**x, generation_config=own), out)
+    finally:
+        model.generation_config.suppress_tokens = None
 
 def test_stage1_round_trip_and_tied_head(tmp_path):
     model = stage1()

@@ -7,6 +7,7 @@ model: contrastive (ITC, max over queries), matching (ITM) and captioning (ITG) 
 stage-1 losses are in `vlmhub.train.objectives`.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +118,7 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
         """mm_encoder_outputs: {"image": get_image_features(...)}, images encoded earlier (transformers' generate
         encodes them once this way)."""
         image = pre_encoded_images(pixel_values, mm_encoder_outputs)
-        if self.config.image_token_id is None and (pixel_values is not None or image is not None):
+        if (pixel_values is not None or image is not None) and self.config.image_token_id is None:
             raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
         if image is None and pixel_values is not None:
             image = self.get_image_features(pixel_values, interpolate_pos_encoding)
@@ -131,16 +132,29 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
                                    vision_outputs=None if image is None else image.vision_outputs,
                                    qformer_outputs=None if image is None else image.qformer_outputs)
 
-    def generate(self, input_ids=None, pixel_values=None, attention_mask=None, **kwargs):
-        """As GenerationMixin.generate; with images but no prompt, the prompt is the image tokens and BOS
-        (what transformers' Blip2ForConditionalGeneration.generate builds)."""
-        if input_ids is None and pixel_values is not None and "inputs_embeds" not in kwargs:
-            prompt = [self.config.image_token_id] * self.num_image_tokens + [self.config.text_config.bos_token_id]
-            input_ids = torch.tensor([prompt], device=pixel_values.device).repeat(pixel_values.shape[0], 1)
-            attention_mask = torch.ones_like(input_ids)
-        if pixel_values is not None:  # absent, not None: generate refuses pixel_values beside mm_encoder_outputs
-            kwargs["pixel_values"] = pixel_values
-        return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def generate(self, input_ids=None, pixel_values=None, attention_mask=None, mm_encoder_outputs=None,
+                 interpolate_pos_encoding=False, **kwargs):
+        """As transformers' Blip2ForConditionalGeneration.generate: the prompt's embeddings, the soft prompt at its
+        image tokens, go to the language model's generate (with this model's generation_config), so that decoding
+        steps run the bare language model. With images but no prompt, the prompt is the image tokens and BOS.
+        Returns the prompt's ids followed by the new tokens; mm_encoder_outputs as in forward."""
+        image = pre_encoded_images(pixel_values, mm_encoder_outputs)
+        if image is None and pixel_values is not None:
+            image = self.get_image_features(pixel_values, interpolate_pos_encoding)
+        if image is not None:
+            if self.config.image_token_id is None:
+                raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
+            if input_ids is None and "inputs_embeds" not in kwargs:
+                prompt = [self.config.image_token_id] * self.num_image_tokens + [self.config.text_config.bos_token_id]
+                soft_prompt = image.pooler_output
+                input_ids = torch.tensor([prompt], device=soft_prompt.device).repeat(len(soft_prompt), 1)
+            kwargs["inputs_embeds"] = self.embed_with_images(input_ids, kwargs.get("inputs_embeds"), image.pooler_output)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+        if "generation_config" not in kwargs:  # this model's settings (suppress_tokens, ...), with this call's
+            generation_config = copy.deepcopy(self.generation_config)
+            kwargs = generation_config.update(**kwargs) | {"generation_config": generation_config}
+        return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 class VlmhubBlip2ForConditionalGeneration(ImageSoftPromptModel):

@@ -29,13 +29,19 @@ class LanguageModelMixin(LanguageModelAccessors):
         None for text only) and run the language model with `lm_kwargs` (masks, cache, labels, ...)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        if image_features is None:  # text only (every decode step): the language model embeds its ids itself
+            return self.language_model(input_ids=input_ids, inputs_embeds=inputs_embeds, **lm_kwargs)
+        return self.language_model(inputs_embeds=self.embed_with_images(input_ids, inputs_embeds, image_features),
+                                   **lm_kwargs)
+
+    def embed_with_images(self, input_ids, inputs_embeds, image_features):
+        """The embeddings of `input_ids` (or `inputs_embeds`) with the image tokens' rows replaced by `image_features`
+        (rows in order)."""
+        if input_ids is None:
+            raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if image_features is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids: the image tokens say where the image features go")
-            inputs_embeds = merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
-        return self.language_model(inputs_embeds=inputs_embeds, **lm_kwargs)
+        return merge_image_features(inputs_embeds, input_ids, image_features, self.config.image_token_id)
 
 
 def pre_encoded_images(pixel_values, mm_encoder_outputs: dict | None):
