@@ -7,14 +7,16 @@ import time
 import torch
 
 
-def interleaved(fns: dict, repeats: int = 10, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each fn, running them in turn so drift hits all alike."""
+def interleaved(fns: dict, repeats: int = 10, warmup: int = 2, min_seconds: float = 1.0) -> dict[str, float]:
+    """Median seconds per call of each fn, running them in turn so drift hits all alike: `repeats` rounds, and more
+    while the rounds so far took under `min_seconds` (fast calls get enough samples for a stable median)."""
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
         times = {name: [] for name in fns}
-        for _ in range(repeats):
+        begin = time.perf_counter()
+        while len(times[next(iter(fns))]) < repeats or time.perf_counter() - begin < min_seconds:
             for name, fn in fns.items():
                 start = time.perf_counter()
                 fn()

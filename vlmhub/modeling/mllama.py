@@ -57,6 +57,10 @@ class MllamaVisionTower(nn.Module):
         self.post_layernorm = nn.LayerNorm(D, eps=config.layer_norm_eps)
         self.post_tile_embedding = AspectRatioEmbedding(num_aspect_ratios=ratios, max_num_tiles=tiles, hidden_size=D)
         self.global_encoder = Encoder(config, num_layers=config.num_global_layers, gated=True, attention_out_bias=False)
+        # Sizes every forward reads, as plain ints: a config attribute costs microseconds to read
+        self.max_num_tiles, self.num_positions = tiles, config.num_positions
+        self.padded_positions = config.padded_positions
+        self.intermediate_layers_indices = tuple(config.intermediate_layers_indices)
 
     def embed(self, pixel_values: torch.Tensor, aspect_ratio_ids: torch.Tensor) -> torch.Tensor:
         """(BI, T, 3, H, W) tiles -> (BI, T, N + 1, D) tokens with class token and position embeddings."""
@@ -70,12 +74,12 @@ class MllamaVisionTower(nn.Module):
 
     def forward(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> torch.Tensor:
         B, I, T = pixel_values.shape[:3]
-        N1, L = self.config.num_positions, self.config.padded_positions
+        N1, L = self.num_positions, self.padded_positions
         ids = aspect_ratio_ids.reshape(B * I)
         x = self.pre_layernorm(self.embed(pixel_values.flatten(0, 1), ids))
         x = nn.functional.pad(x, (0, 0, 0, L - N1)).flatten(1, 2)  # zero pad tokens per tile: (BI, T*L, D)
         mask = additive_mask(encoder_attention_mask(aspect_ratio_mask.reshape(B * I, T), N1, L), x.dtype)
-        x, taken = run_taking_inputs(self.encoder, x, mask, self.config.intermediate_layers_indices)
+        x, taken = run_taking_inputs(self.encoder, x, mask, self.intermediate_layers_indices)
         x = self.post_tile_embedding(self.post_layernorm(x).view(B * I, T, L, -1), ids)
         x = self.global_encoder(x.flatten(1, 2), mask).last_hidden_state
         taken = torch.stack(taken, dim=-1).flatten(-2)  # (BI, T*L, D*k), feature d*k + j
@@ -277,16 +281,16 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
     def media_mask(self, cross_attention_mask: torch.Tensor, seq_len: int, cache) -> torch.Tensor:
         """(B, T, images, tiles) 1/0 tile mask -> boolean (B, T, images * tiles * tokens) over the image tokens. A mask
         longer than the input (a forward call with a cache) is cut to the rows of the new tokens."""
-        vision = self.config.vision_config
-        if cross_attention_mask.ndim != 4 or cross_attention_mask.shape[-1] != vision.max_num_tiles:
-            raise ValueError(f"cross_attention_mask must be (batch, text tokens, images, {vision.max_num_tiles} tiles),"
+        tower = self.vision_model
+        if cross_attention_mask.ndim != 4 or cross_attention_mask.shape[-1] != tower.max_num_tiles:
+            raise ValueError(f"cross_attention_mask must be (batch, text tokens, images, {tower.max_num_tiles} tiles),"
                              f" got {tuple(cross_attention_mask.shape)}")
         if cross_attention_mask.shape[1] != seq_len:
             past = cache.get_seq_length() if cache is not None else 0
             cross_attention_mask = cross_attention_mask[:, past : past + seq_len]
         B, T, I, tiles = cross_attention_mask.shape
-        expanded = cross_attention_mask.bool()[..., None].expand(B, T, I, tiles, vision.num_positions)
-        return expanded.reshape(B, T, I * tiles * vision.num_positions)
+        expanded = cross_attention_mask.bool()[..., None].expand(B, T, I, tiles, tower.num_positions)
+        return expanded.reshape(B, T, I * tiles * tower.num_positions)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         """Targets must be ids the output layer predicts: the image token (a learnable id) is not one of them."""
@@ -301,7 +305,7 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         if input_ids is None:
             return
         tokens = (input_ids == self.config.image_token_index).sum(-1).tolist()
-        images = (aspect_ratio_ids > 0).sum(-1).tolist()
+        images = [sum(i > 0 for i in sample) for sample in aspect_ratio_ids.tolist()]
         if tokens != images:
             raise ValueError(f"each image needs one image token (id {self.config.image_token_index}): the samples have "
                              f"{tokens} image tokens but {images} images; build the prompts with the processor")
@@ -345,16 +349,17 @@ def check_image_inputs(config: VlmhubMllamaVisionConfig, pixel_values, aspect_ra
     if aspect_ratio_ids.shape != pixel_values.shape[:2]:
         raise ValueError(f"aspect_ratio_ids must be (batch, images) = {tuple(pixel_values.shape[:2])}, "
                          f"got {tuple(aspect_ratio_ids.shape)}")
-    ratios = config.supported_aspect_ratios
-    if aspect_ratio_ids.numel() and not 0 <= int(aspect_ratio_ids.min()) <= int(aspect_ratio_ids.max()) <= len(ratios):
-        raise ValueError(f"aspect_ratio_ids must lie in 0..{len(ratios)} (0 = no image), got {aspect_ratio_ids.tolist()}")
-    counts = torch.tensor([1] + [r * c for r, c in ratios], device=aspect_ratio_ids.device)[aspect_ratio_ids]
-    expected = torch.arange(tiles, device=counts.device) < counts[..., None]  # (B, I, tiles)
+    ratios, ids = config.supported_aspect_ratios, aspect_ratio_ids.tolist()  # a few ints: checked in Python
+    if not all(0 <= i <= len(ratios) for sample in ids for i in sample):
+        raise ValueError(f"aspect_ratio_ids must lie in 0..{len(ratios)} (0 = no image), got {ids}")
+    counts = [1] + [r * c for r, c in ratios]
+    expected = [[[t < counts[i] for t in range(tiles)] for i in sample] for sample in ids]  # (B, I, tiles)
     if aspect_ratio_mask is None:
-        return expected.long()
-    if aspect_ratio_mask.shape != expected.shape or not torch.equal(aspect_ratio_mask.bool(), expected):
+        expected = torch.tensor(expected, dtype=torch.long, device=aspect_ratio_ids.device)
+        return expected.reshape(*aspect_ratio_ids.shape, tiles)  # also with no images
+    if aspect_ratio_mask.bool().tolist() != expected:
         raise ValueError(
-            f"aspect_ratio_mask {aspect_ratio_mask.tolist()} does not match aspect_ratio_ids {aspect_ratio_ids.tolist()}:"
+            f"aspect_ratio_mask {aspect_ratio_mask.tolist()} does not match aspect_ratio_ids {ids}:"
             f" id k enables the first rows*cols tiles of grid supported_aspect_ratios[k-1] (id 0, no image: 1 tile)"
         )
     return aspect_ratio_mask
