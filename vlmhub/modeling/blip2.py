@@ -151,7 +151,7 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
             kwargs["inputs_embeds"] = self.embed_with_images(input_ids, kwargs.get("inputs_embeds"), image.pooler_output)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-        if "generation_config" not in kwargs:  # this model's settings (suppress_tokens, ...), with this call's
+        if "generation_config" not in kwargs:  # this model's generation settings (suppress_tokens, ...) and the call's
             generation_config = copy.deepcopy(self.generation_config)
             kwargs = generation_config.update(**kwargs) | {"generation_config": generation_config}
         return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
