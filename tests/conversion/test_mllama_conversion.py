@@ -136,18 +136,31 @@ def test_precomputed_cross_attention_states_in_either_layout(converted):
             ours(**text, cross_attention_states=theirs[:3])
 
 
-def test_hidden_states_are_transformers_entries_after_self_attention_layers(converted):
+def test_hidden_states_and_attentions_list_the_cross_attention_layers_as_transformers_does(converted):
     """transformers lists its cross-attention layers as layers of their own; ours run inside the self-attention layer
-    they precede, so our hidden states are its entries 0 (embeddings) and those after each self-attention layer."""
+    they precede, and their outputs (and eager attention weights) are put where transformers has them: every entry
+    equal, for a selection of hidden states by index too, and without images (the blocks skipped, no entries)."""
     hf, ours, _ = converted
     x = inputs([(2, 2), (1, 2)])
+    text = {"input_ids": x["input_ids"]}
     with torch.no_grad():
-        theirs, mine = hf(**x, output_hidden_states=True).hidden_states, ours(**x, output_hidden_states=True).hidden_states
-    cross = hf.config.text_config.cross_attention_layers
-    after_self = [0] + [k + 1 for k in range(len(theirs) - 1) if k not in cross]
-    assert len(mine) == len(after_self) == ours.config.text_config.num_hidden_layers + 1
-    for j, k in enumerate(after_self):
-        assert max_diff(mine[j], theirs[k]) <= ATOL, (j, k)
+        for call in (x, text):
+            theirs, mine = hf(**call, output_hidden_states=True), ours(**call, output_hidden_states=True)
+            assert len(mine.hidden_states) == len(theirs.hidden_states)
+            assert max(max_diff(a, b) for a, b in zip(theirs.hidden_states, mine.hidden_states)) <= ATOL
+        picked = [2, -1]  # a cross-attention layer's output and the last
+        theirs, mine = hf(**x, output_hidden_states=picked), ours(**x, output_hidden_states=picked)
+        assert [h is None for h in mine.hidden_states] == [h is None for h in theirs.hidden_states]
+        assert all(max_diff(theirs.hidden_states[i], mine.hidden_states[i]) <= ATOL for i in picked)
+        for model in (hf, ours):
+            model.set_attn_implementation("eager")
+        try:
+            theirs, mine = hf(**x, output_attentions=True), ours(**x, output_attentions=True)
+        finally:
+            for model in (hf, ours):
+                model.set_attn_implementation("sdpa")
+    assert len(mine.attentions) == len(theirs.attentions) == hf.config.text_config.num_hidden_layers
+    assert max(max_diff(a, b) for a, b in zip(theirs.attentions, mine.attentions)) <= ATOL
 
 
 GENERATION_MODES = {

@@ -2,10 +2,8 @@
 
 Same inputs and outputs as transformers' MllamaForConditionalGeneration: pixel_values (B, images, tiles, 3, H, W),
 aspect_ratio_ids (B, images), aspect_ratio_mask (B, images, tiles), cross_attention_mask (B, T, images, tiles);
-logits (B, T, vocab_size). One difference of layout: `hidden_states` (and eager `attentions`) have an entry per
-self-attention layer, the cross-attention block before a layer being part of it; transformers lists its
-cross-attention layers as layers of their own (with cross_attention_layers [3, 8], ours are its entries 0, 1, 2, 3, 5,
-6, 7, 8, 10, ...: the ones after a self-attention layer).
+logits (B, T, vocab_size); `hidden_states` and eager `attentions` list the cross-attention blocks as entries of their
+own, where transformers lists its cross-attention layers (config.cross_attention_layers, positions in the whole stack).
 
 Design:
 - The language model is `AutoModelForCausalLM.from_config(config.text_config)` holding only the self-attention
@@ -26,6 +24,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import selected_hidden_states
 
 from ..configuration.mllama import VlmhubMllamaConfig, VlmhubMllamaVisionConfig
 from .blocks import Encoder, EncoderLayer
@@ -271,12 +270,46 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         if cross_attention_mask is not None:
             media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], cache)
             media_mask = prepare_media_mask(media_mask)  # once for every cross-attention layer
+        collected, selection = self._cross_attention_collector(kwargs)
         out = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache, labels=labels, logits_to_keep=logits_to_keep, media_states=cross_attention_states,
-            media_mask=media_mask, **kwargs,
+            media_mask=media_mask, cross_attention_outputs=collected, **kwargs,
         )
+        if collected:
+            self._list_cross_attention(out, collected, selection)
         return MultimodalCausalLMOutputWithPast(**out, image_outputs=image)
+
+    def _cross_attention_collector(self, kwargs: dict):
+        """(what the cross-attention blocks hand back for this call: {"hidden_states": [], "attentions": []} with the
+        keys asked for, or None; the hidden-state indices asked for, or None). The flags come from the call, else the
+        config, and go to the language model explicitly; a selection of hidden states by index is applied once the
+        blocks' entries are in place, so the language model returns them all."""
+        flags = {key: kwargs.get(f"output_{key}", getattr(self.config, f"output_{key}"))
+                 for key in ("hidden_states", "attentions")}
+        if not any(flags.values()):
+            return None, None
+        selection = selected_hidden_states(flags["hidden_states"])
+        kwargs.update({f"output_{key}": bool(flag) for key, flag in flags.items()})
+        return {key: [] for key, flag in flags.items() if flag}, selection
+
+    def _list_cross_attention(self, out, collected: dict, selection) -> None:
+        """Put the cross-attention blocks' outputs (and eager weights) into out.hidden_states (out.attentions) as
+        entries of their own, where transformers' Mllama lists its cross-attention layers: config.cross_attention_layers
+        are their positions in the whole stack. Blocks that did not run (no images) have no entries, as there."""
+        positions = self.config.cross_attention_layers
+        for key, offset in (("hidden_states", 1), ("attentions", 0)):  # hidden_states[0]: the embeddings
+            entries, extra = out.get(key), collected.get(key, [])
+            if entries is None or len(extra) != len(positions) or any(e is None for e in extra):
+                continue
+            entries = list(entries)
+            for position, entry in zip(positions, extra):
+                entries.insert(position + offset, entry)
+            if key == "hidden_states" and selection is not None:
+                n = len(entries)
+                chosen = {i % n for i in selection if -n <= i < n}
+                entries = [e if i in chosen else None for i, e in enumerate(entries)]
+            out[key] = tuple(entries)
 
     def media_mask(self, cross_attention_mask: torch.Tensor, seq_len: int, cache) -> torch.Tensor:
         """(B, T, images, tiles) 1/0 tile mask -> boolean (B, T, images * tiles * tokens) over the image tokens. A mask

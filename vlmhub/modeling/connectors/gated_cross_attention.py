@@ -77,22 +77,23 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, hidden_states, media_states=None, media_mask=None, cache: Cache | None = None,
-                output_attentions: bool = False):
-        """-> hidden_states (B, T, D). Without media_states the keys/values cached at prefill are used; with neither
-        (a text-only call) the layer is skipped and hidden_states come back unchanged."""
+                return_weights: bool = False):
+        """-> hidden_states (B, T, D), and with `return_weights` the attention weights (B, nh, T, S) as well (those
+        of the configured kernel: eager gives them, SDPA None). Without media_states the keys/values cached at prefill
+        are used; with neither (a text-only call) the layer is skipped and hidden_states come back unchanged."""
         key_value = self.media_key_value(media_states, cache)
         if key_value is None:
-            return hidden_states
+            return (hidden_states, None) if return_weights else hidden_states
         attend, row = _visibility(media_mask, hidden_states, key_value[0].shape[-2])
-        h, _ = self.cross_attn(self.input_layernorm(hidden_states), attention_mask=attend, key_value=key_value,
-                               output_attentions=output_attentions)
+        h, weights = self.cross_attn(self.input_layernorm(hidden_states), attention_mask=attend, key_value=key_value)
         if self.mask_rows_in_attention and row is not None:
             h = h * row
         hidden_states = hidden_states + self.attn_gate.tanh() * h
         h = self.mlp(self.post_attention_layernorm(hidden_states))
         if self.mask_rows_in_mlp and row is not None:
             h = h * row
-        return hidden_states + self.mlp_gate.tanh() * h
+        hidden_states = hidden_states + self.mlp_gate.tanh() * h
+        return (hidden_states, weights) if return_weights else hidden_states
 
     def media_key_value(self, media_states, cache):
         """Keys/values (B, nkv, S, hs) of the media: projected (and cached) when media_states are given, else read
@@ -183,9 +184,11 @@ def _reserve_slot(cache: Cache, slot: int) -> None:
 class DecoderLayerWithCrossAttention(nn.Module):
     """A transformers decoder layer preceded by a GatedCrossAttentionLayer.
 
-    The language model passes its extra keyword arguments to every decoder layer, so `media_states` and `media_mask`
-    given to `language_model(...)` arrive here; the plain layers ignore them. State-dict names:
-    `gated_cross_attn.*` and `decoder_layer.*` (as open_flamingo's FlamingoLayer).
+    The language model passes its extra keyword arguments to every decoder layer, so `media_states`, `media_mask` and
+    `cross_attention_outputs` given to `language_model(...)` arrive here; the plain layers ignore them.
+    `cross_attention_outputs` ({"hidden_states": [], "attentions": []}, either key optional) collects the output and
+    attention weights of each block that runs, in layer order, for a model that lists them as entries of their own
+    (Mllama, as transformers does). State-dict names: `gated_cross_attn.*` and `decoder_layer.*` (as open_flamingo's FlamingoLayer).
     """
 
     def __init__(self, gated_cross_attn: GatedCrossAttentionLayer, decoder_layer: nn.Module):
@@ -193,9 +196,19 @@ class DecoderLayerWithCrossAttention(nn.Module):
         self.gated_cross_attn = gated_cross_attn
         self.decoder_layer = decoder_layer
 
-    def forward(self, hidden_states, *args, media_states=None, media_mask=None, cache=None, **kwargs):
+    def forward(self, hidden_states, *args, media_states=None, media_mask=None, cache=None,
+                cross_attention_outputs: dict | None = None, **kwargs):
         # positional tensors, keyword cache: gradient checkpointing drops the cache rather than writing it twice
-        hidden_states = self.gated_cross_attn(hidden_states, media_states, media_mask, cache=cache)
+        if cross_attention_outputs is None:
+            hidden_states = self.gated_cross_attn(hidden_states, media_states, media_mask, cache=cache)
+        else:
+            out, weights = self.gated_cross_attn(hidden_states, media_states, media_mask, cache=cache,
+                                                 return_weights=True)
+            if out is not hidden_states:  # the block ran (without media it is skipped and returns its input)
+                for key, value in (("hidden_states", out), ("attentions", weights)):
+                    if key in cross_attention_outputs:
+                        cross_attention_outputs[key].append(value)
+            hidden_states = out
         return self.decoder_layer(hidden_states, *args, cache=cache, **kwargs)
 
 
