@@ -253,19 +253,8 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
             inputs_embeds = self.embed_tokens(input_ids)
         if labels is not None:
             self._check_labels(labels)
-        image = None  # the image tower's output (image_outputs), when pixels come in
-        if pixel_values is not None:
-            if aspect_ratio_ids is None:
-                raise ValueError("pixel_values need aspect_ratio_ids (and aspect_ratio_mask), as the processor returns")
-            self._check_image_tokens(input_ids, aspect_ratio_ids)
-            image = self.get_image_features(pixel_values, aspect_ratio_ids, aspect_ratio_mask)
-            cross_attention_states = image.pooler_output.flatten(1, 3)  # (B, images * tiles * tokens, text hidden)
-        elif cross_attention_states is not None and len(cross_attention_states) != len(inputs_embeds):
-            B, D = len(inputs_embeds), cross_attention_states.shape[-1]
-            if len(cross_attention_states) % B:
-                raise ValueError(f"cross_attention_states hold {len(cross_attention_states)} rows for a batch of {B}: "
-                                 "expected (B, images * tiles * tokens, hidden) or (B * images * tiles, tokens, hidden)")
-            cross_attention_states = cross_attention_states.reshape(B, -1, D)  # transformers' layout, tile-major
+        image, cross_attention_states = self._media_states(input_ids, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+                                                           cross_attention_states, len(inputs_embeds))
         media_mask = None
         if cross_attention_mask is not None:
             media_mask = self.media_mask(cross_attention_mask, inputs_embeds.shape[1], cache)
@@ -279,6 +268,26 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         if collected:
             self._list_cross_attention(out, collected, selection)
         return MultimodalCausalLMOutputWithPast(**out, image_outputs=image)
+
+    def _media_states(self, input_ids, pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_states,
+                      batch: int):
+        """(the image tower's output (image_outputs) or None, the projected image tokens (B, images * tiles * tokens,
+        text hidden) or None): from pixels, or from cross_attention_states given in our layout or transformers'
+        (B * images * tiles, tokens, text hidden)."""
+        if pixel_values is not None:
+            if aspect_ratio_ids is None:
+                raise ValueError("pixel_values need aspect_ratio_ids (and aspect_ratio_mask), as the processor returns")
+            self._check_image_tokens(input_ids, aspect_ratio_ids)
+            image = self.get_image_features(pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+            return image, image.pooler_output.flatten(1, 3)
+        if cross_attention_states is not None and len(cross_attention_states) != batch:
+            if len(cross_attention_states) % batch:
+                raise ValueError(f"cross_attention_states hold {len(cross_attention_states)} rows for a batch of "
+                                 f"{batch}: expected (B, images * tiles * tokens, hidden) or (B * images * tiles, "
+                                 "tokens, hidden)")
+            D = cross_attention_states.shape[-1]
+            cross_attention_states = cross_attention_states.reshape(batch, -1, D)  # transformers' layout, tile-major
+        return None, cross_attention_states
 
     def _cross_attention_collector(self, kwargs: dict):
         """(what the cross-attention blocks hand back for this call: {"hidden_states": [], "attentions": []} with the

@@ -188,7 +188,8 @@ class DecoderLayerWithCrossAttention(nn.Module):
     `cross_attention_outputs` given to `language_model(...)` arrive here; the plain layers ignore them.
     `cross_attention_outputs` ({"hidden_states": [], "attentions": []}, either key optional) collects the output and
     attention weights of each block that runs, in layer order, for a model that lists them as entries of their own
-    (Mllama, as transformers does). State-dict names: `gated_cross_attn.*` and `decoder_layer.*` (as open_flamingo's FlamingoLayer).
+    (Mllama, as transformers does). State-dict names: `gated_cross_attn.*` and `decoder_layer.*` (as open_flamingo's
+    FlamingoLayer).
     """
 
     def __init__(self, gated_cross_attn: GatedCrossAttentionLayer, decoder_layer: nn.Module):
