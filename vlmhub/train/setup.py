@@ -42,7 +42,8 @@ def load_for_training(path, load_in_4bit=False, load_in_8bit=False, device_map=N
     kwargs = dict(quantization_config=quant, device_map=device_map or ("cpu" if quant else None))
     model = AutoModelForImageTextToText.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
     if quant is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = prepare_model_for_kbit_training(  # non-reentrant: torch asks for the choice to be explicit
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, processor
 
 
