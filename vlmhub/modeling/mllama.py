@@ -294,8 +294,8 @@ class VlmhubMllamaForConditionalGeneration(LanguageModelAccessors, VlmhubMllamaP
         keys asked for, or None; the hidden-state indices asked for, or None). The flags come from the call, else the
         config, and go to the language model explicitly; a selection of hidden states by index is applied once the
         blocks' entries are in place, so the language model returns them all."""
-        flags = {key: kwargs.get(f"output_{key}", getattr(self.config, f"output_{key}"))
-                 for key in ("hidden_states", "attentions")}
+        flags = {key: kwargs[f"output_{key}"] if f"output_{key}" in kwargs else getattr(self.config, f"output_{key}")
+                 for key in ("hidden_states", "attentions")}  # the config read (microseconds) only when needed
         if not any(flags.values()):
             return None, None
         selection = selected_hidden_states(flags["hidden_states"])
