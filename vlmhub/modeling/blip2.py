@@ -110,6 +110,10 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
         return BaseModelOutputWithVisionQformerOutputs(last_hidden_state=image_embeds, pooler_output=soft_prompt,
                                                        vision_outputs=vision, qformer_outputs=qformer)
 
+    def _check_image_token_id(self) -> None:
+        if self.config.image_token_id is None:
+            raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name before transformers 5.24
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
@@ -118,8 +122,8 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
         """mm_encoder_outputs: {"image": get_image_features(...)}, images encoded earlier (transformers' generate
         encodes them once this way)."""
         image = pre_encoded_images(pixel_values, mm_encoder_outputs)
-        if (pixel_values is not None or image is not None) and self.config.image_token_id is None:
-            raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
+        if pixel_values is not None or image is not None:
+            self._check_image_token_id()
         if image is None and pixel_values is not None:
             image = self.get_image_features(pixel_values, interpolate_pos_encoding)
         image_features = None if image is None else image.pooler_output
@@ -142,8 +146,7 @@ class ImageSoftPromptModel(LanguageModelMixin, VlmhubBlip2PreTrainedModel, Gener
         if image is None and pixel_values is not None:
             image = self.get_image_features(pixel_values, interpolate_pos_encoding)
         if image is not None:
-            if self.config.image_token_id is None:
-                raise ValueError("config.image_token_id is not set: the model cannot tell where the image goes")
+            self._check_image_token_id()
             if input_ids is None and "inputs_embeds" not in kwargs:
                 prompt = [self.config.image_token_id] * self.num_image_tokens + [self.config.text_config.bos_token_id]
                 soft_prompt = image.pooler_output
