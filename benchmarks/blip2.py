@@ -13,7 +13,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, memory_row, resolve_sizes, table  # noqa: E402
+from common import compare, kernel_floor, memory_row, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.conversion.sources import transformers as transformers_source  # noqa: E402
@@ -54,18 +54,19 @@ def bench(size: str, batch: int, new_tokens: int, device: str) -> list[dict]:
     pixels = torch.randn(batch, 3, image, image, device=device)
     ids = torch.cat([torch.full((batch, queries), 999), torch.randint(3, 900, (batch, 16))], 1).to(device)
     repeats = 10 if size == "tiny" else 4
-    out = [dict(name=f"BLIP-2 vision tower (batch {batch})", size=size, kind="vision", **interleaved(
-        {"theirs": lambda: hf.vision_model(pixels), "ours": lambda: ours.vision.vision_model(pixels)}, repeats=repeats))]
-    t = interleaved({"theirs": lambda: hf(pixel_values=pixels, input_ids=ids),
-                     "ours": lambda: ours(pixel_values=pixels, input_ids=ids)}, repeats=repeats)
+    row = dict(name=f"BLIP-2 vision tower (batch {batch})", size=size, kind="vision",
+               **compare(lambda: hf.vision_model(pixels), lambda: ours.vision.vision_model(pixels), repeats=repeats))
+    out = [row if size == "tiny" else kernel_floor(row, lambda: hf.vision_model(pixels))]
+    t = compare(lambda: hf(pixel_values=pixels, input_ids=ids), lambda: ours(pixel_values=pixels, input_ids=ids),
+                repeats=repeats)
     out.append(dict(name=f"BLIP-2 forward (batch {batch}, {ids.shape[1]} tokens)", size=size, kind="prefill", **t))
-    out.append(memory_row(f"BLIP-2 forward peak RSS (batch {batch})", size,
+    out.append(memory_row(f"BLIP-2 forward peak memory (batch {batch})", size,
                           {"theirs": lambda: hf(pixel_values=pixels, input_ids=ids),
                            "ours": lambda: ours(pixel_values=pixels, input_ids=ids)}))
     gen = dict(pixel_values=pixels, input_ids=ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     with torch.no_grad():
         same = torch.equal(hf.generate(**gen)[:, -new_tokens:], ours.generate(**gen)[:, -new_tokens:])
-    t = interleaved({"theirs": lambda: hf.generate(**gen), "ours": lambda: ours.generate(**gen)}, repeats=repeats, warmup=1)
+    t = compare(lambda: hf.generate(**gen), lambda: ours.generate(**gen), repeats=repeats, warmup=1)
     out.append(dict(name=f"BLIP-2 greedy {new_tokens} tokens (batch {batch}; identical: {same})", size=size,
                     kind="generation", **t))
     return out

@@ -1,15 +1,20 @@
-"""Timing helpers shared by the benchmarks: interleaved runs, medians, ratios ours / transformers."""
+"""Timing helpers shared by the benchmarks: interleaved runs, paired ratios ours / transformers and their spread,
+exact peak tensor memory, and the floors a ratio cannot go below while doing the work both sides share."""
 
+import contextlib
 import statistics
 import tempfile
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
-def interleaved(fns: dict, repeats: int = 10, warmup: int = 2, min_seconds: float = 1.0) -> dict[str, float]:
-    """Median seconds per call of each fn, running them in turn so drift hits all alike: `repeats` rounds, and more
-    while the rounds so far took under `min_seconds` (fast calls get enough samples for a stable median)."""
+def _rounds(fns: dict, repeats: int, warmup: int, min_seconds: float) -> dict[str, list[float]]:
+    """Seconds of every call of each fn, run in turn (one round = each fn once) so that drift hits all alike:
+    `repeats` rounds, and more while the rounds so far took under `min_seconds`."""
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in fns.values():
@@ -21,7 +26,21 @@ def interleaved(fns: dict, repeats: int = 10, warmup: int = 2, min_seconds: floa
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved(fns: dict, repeats: int = 10, warmup: int = 2, min_seconds: float = 1.0) -> dict[str, float]:
+    """Median seconds per call of each fn over interleaved rounds (fast calls get enough samples for a stable
+    median: rounds go on until they fill `min_seconds`)."""
+    return {name: statistics.median(t) for name, t in _rounds(fns, repeats, warmup, min_seconds).items()}
+
+
+def compare(theirs, ours, repeats: int = 10, warmup: int = 2, min_seconds: float = 1.0) -> dict:
+    """{"theirs": median s, "ours": median s, "rounds": [(theirs s, ours s) per round]} of interleaved rounds; the
+    rounds give the row its paired ratios (`ratio`, `ratio_spread`)."""
+    t = _rounds({"theirs": theirs, "ours": ours}, repeats, warmup, min_seconds)
+    return {"theirs": statistics.median(t["theirs"]), "ours": statistics.median(t["ours"]),
+            "rounds": list(zip(t["theirs"], t["ours"]))}
 
 
 def fmt(value, unit: str = "ms") -> str:
@@ -31,11 +50,30 @@ def fmt(value, unit: str = "ms") -> str:
     return f"{value / 2**20:.2f}" if unit == "MB" else f"{value * 1e3:.2f}"
 
 
+def paired_ratios(row: dict) -> list[float]:
+    """ours / theirs of each interleaved round of a row made by `compare` (empty for other rows)."""
+    return [ours / theirs for theirs, ours in row.get("rounds", ()) if theirs > 0]
+
+
 def ratio(row: dict) -> float | None:
-    """ours / theirs, None where either is unmeasured or the baseline is zero."""
+    """The median of the paired per-round ratios where the row has rounds (steadier than a ratio of medians when the
+    machine drifts), else ours / theirs; None where either is unmeasured or the baseline is zero."""
+    paired = paired_ratios(row)
+    if paired:
+        return statistics.median(paired)
     if row.get("ours") is None or not row.get("theirs"):
         return None
     return row["ours"] / row["theirs"]
+
+
+def ratio_spread(row: dict) -> tuple[float, float] | None:
+    """(first, third) quartile of the paired per-round ratios: half the rounds fall between them. None with fewer
+    than 4 rounds."""
+    paired = paired_ratios(row)
+    if len(paired) < 4:
+        return None
+    q1, _, q3 = statistics.quantiles(paired, n=4)
+    return q1, q3
 
 
 def table(rows: list[dict]) -> str:
@@ -90,13 +128,120 @@ def peak_rss_delta(fn) -> float | None:
     return (_status_kb("VmHWM") - before) * 1024.0
 
 
+class _LiveTensors(TorchDispatchMode):
+    """Counts the bytes of the tensor storages that ops create while the mode is active, and the most alive at once.
+    An output sharing storage with an input (a view, an in-place op) is nothing new; a storage leaves the count when
+    it is freed (torch keeps a storage's Python object for as long as the storage lives, so a finalizer sees it go)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.storages = set()
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self.storages.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key in self.storages or storage.data_ptr() in inputs or not storage.nbytes():
+                continue
+            self.storages.add(key)
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, key, storage.nbytes())
+        return out
+
+
+def peak_tensor_bytes(fn) -> int:
+    """The most bytes of tensors that one call of fn (in inference mode) holds at once: every tensor the call's ops
+    create counts from its creation until it is freed, the outputs included. Exact and the same on every run, unlike
+    the resident set; what a kernel allocates for itself (a GEMM's packing buffers) is not seen."""
+    counter = _LiveTensors()
+    with torch.inference_mode(), counter:
+        result = fn()
+    del result
+    return counter.peak
+
+
 def memory_row(name: str, size: str, fns: dict) -> dict:
-    """A row of peak RSS deltas (bytes) for {"theirs": fn, "ours": fn}, each measured once after a warm-up call."""
+    """A row of peak tensor memory (bytes, `peak_tensor_bytes`) for {"theirs": fn, "ours": fn}, after a warm-up
+    call of each (lazy initialisation is not the call's memory)."""
     with torch.inference_mode():
         for fn in fns.values():
             fn()
-    peaks = {key: peak_rss_delta(fn) for key, fn in fns.items()}
-    return dict(name=name, size=size, kind="memory", unit="MB", **peaks)
+    return dict(name=name, size=size, kind="memory", unit="MB", **{key: peak_tensor_bytes(fn) for key, fn in fns.items()})
+
+
+# --- floors: the work both sides must do, timed in the same run -------------------------------------------------------
+
+# The compute kernels a vision tower cannot avoid (matrix products, the patch convolution, fused attention): leaf ops,
+# so self times do not overlap.
+KERNEL_OPS = frozenset({
+    "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+})
+
+
+def kernel_seconds(fn) -> float:
+    """Seconds one call of fn spends inside KERNEL_OPS (torch profiler self times; call fn once before)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(event.self_cpu_time_total for event in prof.key_averages() if event.key in KERNEL_OPS) * 1e-6
+
+
+def kernel_floor(row: dict, fn, runs: int = 3) -> dict:
+    """`row` with "floor": the baseline's kernel time (median of `runs` profiled calls of its fn) over its median time,
+    the ratio a model running the same kernels can at best reach. Meaningful where kernels take milliseconds; at the
+    tiny sizes per-op overhead (and the profiler's own) dominates, so those rows get none."""
+    spent = statistics.median(kernel_seconds(fn) for _ in range(runs))
+    return dict(row, floor=min(spent / row["theirs"], 1.0))
+
+
+@contextlib.contextmanager
+def time_spent_in(owner, name: str):
+    """Accumulate the seconds spent in `owner.name` (a function attribute, e.g. PIL.Image.Image.resize) while the
+    block runs: yields a one-item list holding the total. The attribute is restored on exit."""
+    original, spent = getattr(owner, name), [0.0]
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    setattr(owner, name, timed)
+    try:
+        yield spent
+    finally:
+        setattr(owner, name, original)
+
+
+def preprocessing_floor(row: dict, ours, output_shape: tuple[int, ...], runs: int = 5) -> dict:
+    """`row` with "floor": (Pillow's resizes in one call of our processor + one write of a float32 array of
+    `output_shape`) over the baseline's median time. Both processors make the same pixels, so both do at least these
+    resizes (Pillow's, on 8-bit images) and write the output once; the floor is the ratio that work allows."""
+    import numpy as np
+    from PIL import Image
+
+    resizing, writing = [], []
+    for _ in range(runs):
+        with time_spent_in(Image.Image, "resize") as spent:
+            ours()
+        resizing.append(spent[0])
+        start = time.perf_counter()
+        np.full(output_shape, 0.5, dtype=np.float32)
+        writing.append(time.perf_counter() - start)
+    return dict(row, floor=min((statistics.median(resizing) + statistics.median(writing)) / row["theirs"], 1.0))
 
 
 def resolve_sizes(sizes, mid: str) -> list[str]:

@@ -15,7 +15,7 @@ import transformers
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved, memory_row, pair, resolve_sizes, table  # noqa: E402
+from common import compare, generation_rate, kernel_floor, memory_row, pair, preprocessing_floor, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.geometry.anyres import anyres_num_tokens  # noqa: E402
@@ -63,19 +63,15 @@ def bench(size: str, next_: bool, new_tokens: int) -> list[dict]:
     name = "LLaVA-NeXT" if next_ else "LLaVA-1.5"
     repeats = 10 if size == "tiny" else 3
     crops = x["pixel_values"].flatten(0, -4)  # (crops, 3, H, W)
-    out = [dict(name=f"{name} vision tower ({crops.shape[0]} crops)", size=size, kind="vision",
-                 **interleaved({"theirs": lambda: hf.model.vision_tower(crops), "ours": lambda: ours.vision_tower(crops)},
-                               repeats=repeats))]
+    tower = dict(name=f"{name} vision tower ({crops.shape[0]} crops)", size=size, kind="vision",
+                 **compare(lambda: hf.model.vision_tower(crops), lambda: ours.vision_tower(crops), repeats=repeats))
+    out = [tower if size == "tiny" else kernel_floor(tower, lambda: hf.model.vision_tower(crops))]
     out.append(dict(name=f"{name} prefill ({x['input_ids'].shape[1]} tokens)", size=size, kind="prefill",
-                     **interleaved({"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}, repeats=repeats)))
-    out.append(memory_row(f"{name} prefill peak RSS", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))
-    with torch.inference_mode():
-        t = {"theirs": [], "ours": []}
-        for _ in range(repeats):
-            t["theirs"].append(generation_rate(hf, x, new_tokens))
-            t["ours"].append(generation_rate(ours, x, new_tokens))
-    out.append(dict(name=f"{name} greedy generation ({new_tokens} tokens)", size=size, kind="generation",
-                     theirs=float(np.median(t["theirs"])), ours=float(np.median(t["ours"]))))
+                     **compare(lambda: hf(**x), lambda: ours(**x), repeats=repeats)))
+    out.append(memory_row(f"{name} prefill peak memory", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))
+    t = compare(lambda: generation_rate(hf, x, new_tokens), lambda: generation_rate(ours, x, new_tokens),
+                repeats=repeats, warmup=0, min_seconds=0)
+    out.append(dict(name=f"{name} greedy generation ({new_tokens} tokens)", size=size, kind="generation", **t))
     return out
 
 
@@ -91,8 +87,10 @@ def bench_preprocessing(count: int = 16) -> dict:
               for h, w in rng.integers(200, 1200, (count, 2))]
     if not torch.equal(theirs(images, return_tensors="pt")["pixel_values"], ours(images, return_tensors="pt")["pixel_values"]):
         raise AssertionError("AnyRes pixel_values differ from transformers': the timing would compare different work")
-    t = interleaved({"theirs": lambda: theirs(images, return_tensors="pt"), "ours": lambda: ours(images, return_tensors="pt")}, repeats=5, warmup=1)
-    return dict(name=f"AnyRes preprocessing ({count} images, 336 px crops)", size="real", kind="preprocessing", goal=0.2, **t)
+    t = compare(lambda: theirs(images, return_tensors="pt"), lambda: ours(images, return_tensors="pt"), repeats=5, warmup=1)
+    row = dict(name=f"AnyRes preprocessing ({count} images, 336 px crops)", size="real", kind="preprocessing", goal=0.2, **t)
+    shape = tuple(ours(images, return_tensors="pt")["pixel_values"].shape)
+    return preprocessing_floor(row, lambda: ours(images, return_tensors="pt"), shape)
 
 
 def rows(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> list[dict]:

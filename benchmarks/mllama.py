@@ -15,7 +15,7 @@ import transformers
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved, memory_row, pair, resolve_sizes, table  # noqa: E402
+from common import compare, generation_rate, kernel_floor, memory_row, pair, preprocessing_floor, ratio, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.processing.mllama import VlmhubMllamaImageProcessor  # noqa: E402
@@ -71,14 +71,14 @@ def bench_preprocessing() -> list[dict]:
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in IMAGE_SIZES_WH]
     rows = []
     for image, (w, h) in zip(images, IMAGE_SIZES_WH):
-        t = interleaved({"theirs": lambda: theirs(image, return_tensors="pt"),
-                         "ours": lambda: ours(image, return_tensors="pt")}, repeats=20)
-        rows.append(dict(name=f"preprocess one {w}x{h} image", size="560 px, 4 tiles", kind="preprocessing", goal=0.2, **t))
+        t = compare(lambda: theirs(image, return_tensors="pt"), lambda: ours(image, return_tensors="pt"), repeats=20)
+        row = dict(name=f"preprocess one {w}x{h} image", size="560 px, 4 tiles", kind="preprocessing", goal=0.2, **t)
+        rows.append(preprocessing_floor(row, lambda: ours(image, return_tensors="pt"), (1, 1, 4, 3, 560, 560)))
     batch = [[im] for im in images]
-    t = interleaved({"theirs": lambda: theirs(batch, return_tensors="pt"),
-                     "ours": lambda: ours(batch, return_tensors="pt")}, repeats=10)
-    rows.append(dict(name=f"preprocess a batch of the {len(images)} images", size="560 px, 4 tiles", kind="preprocessing",
-                     goal=0.2, **t))
+    t = compare(lambda: theirs(batch, return_tensors="pt"), lambda: ours(batch, return_tensors="pt"), repeats=10)
+    row = dict(name=f"preprocess a batch of the {len(images)} images", size="560 px, 4 tiles", kind="preprocessing",
+               goal=0.2, **t)
+    rows.append(preprocessing_floor(row, lambda: ours(batch, return_tensors="pt"), (len(batch), 1, 4, 3, 560, 560)))
     return rows
 
 
@@ -86,21 +86,22 @@ def bench_model(size: str, new_tokens: int) -> tuple[list[dict], list[dict]]:
     hf, ours = models(size)
     x = inputs(size, [(2, 2)])
     tiles = {key: x[key] for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
-    rows = [dict(name="vision tower, 1 image, 4 tiles", size=size, kind="vision", **interleaved(
-        {"theirs": lambda: hf.model.vision_model(**tiles), "ours": lambda: ours.vision_model(*tiles.values())}, repeats=5))]
+    tower = dict(name="vision tower, 1 image, 4 tiles", size=size, kind="vision",
+                 **compare(lambda: hf.model.vision_model(**tiles), lambda: ours.vision_model(*tiles.values()), repeats=5))
+    rows = [tower if size == "tiny" else kernel_floor(tower, lambda: hf.model.vision_model(**tiles))]
     decode = []
     for label, grids in (("1 image, 4 tiles", [(2, 2)]), ("2 images, 4 + 2 tiles", [(2, 2), (1, 2)])):
         x = inputs(size, grids)
-        t = interleaved({"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}, repeats=5)
+        t = compare(lambda: hf(**x), lambda: ours(**x), repeats=5)
         rows.append(dict(name=f"prefill forward, 32 tokens, {label}", size=size, kind="prefill", **t))
     x = inputs(size, [(2, 2)])
-    rows.append(memory_row("prefill peak RSS, 4 tiles", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))
-    t = interleaved({"theirs": lambda: generation_rate(hf, x, new_tokens),
-                     "ours": lambda: generation_rate(ours, x, new_tokens)}, repeats=5, warmup=1)
+    rows.append(memory_row("prefill peak memory, 4 tiles", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))
+    t = compare(lambda: generation_rate(hf, x, new_tokens), lambda: generation_rate(ours, x, new_tokens), repeats=5,
+                warmup=1)
     rows.append(dict(name=f"greedy generation, {new_tokens} new tokens, 4 tiles", size=size, kind="generation", **t))
     for name, model in (("transformers", hf), ("vlmhub", ours)):
-        t = interleaved({"one": decode_step(model, inputs(size, [(1, 1)])),
-                         "four": decode_step(model, inputs(size, [(2, 2)]))}, repeats=30, warmup=3)
+        t = compare(decode_step(model, inputs(size, [(1, 1)])), decode_step(model, inputs(size, [(2, 2)])), repeats=30,
+                    warmup=3)  # "theirs": 1 tile, "ours": 4 tiles
         decode.append(dict(model=name, size=size, **t))
     return rows, decode
 
@@ -119,8 +120,7 @@ def decode_table(rows: list[dict]) -> str:
     lines = ["| model | size | decode ms/token, 1 tile | decode ms/token, 4 tiles | ratio 4 tiles / 1 tile |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['size']} | {r['one'] * 1e3:.2f} | {r['four'] * 1e3:.2f} | "
-                     f"{r['four'] / r['one']:.3f} |")
+        lines.append(f"| {r['model']} | {r['size']} | {r['theirs'] * 1e3:.2f} | {r['ours'] * 1e3:.2f} | {ratio(r):.3f} |")
     return "\n".join(lines)
 
 
@@ -136,9 +136,8 @@ def collect(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> t
 def rows(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> list[dict]:
     """Every Mllama row; each model's cached decode step is a row of its own: 4 tiles (ours) against 1 tile (theirs)."""
     found, decode = collect(sizes, new_tokens, preprocessing)
-    return found + [dict(name=f"{r['model']} decode step, 4 tiles vs 1 tile", size=r["size"], kind="decode",
-                         baseline="1 tile", theirs=r["one"], ours=r["four"], goal=1.05 if r["model"] == "vlmhub" else None)
-                    for r in decode]
+    return found + [dict(r, name=f"{r['model']} decode step, 4 tiles vs 1 tile", kind="decode", baseline="1 tile",
+                         goal=1.05 if r["model"] == "vlmhub" else None) for r in decode]
 
 
 def main():

@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generation_rate, interleaved, resolve_sizes, save_report  # noqa: E402
+from common import compare, generation_rate, ratio, resolve_sizes, save_report  # noqa: E402
 
 from vlmhub.configuration.llava import VlmhubLlavaConfig  # noqa: E402
 from vlmhub.configuration.mplug_owl import VlmhubMplugOwlConfig  # noqa: E402
@@ -57,17 +56,14 @@ def bench(size: str, new_tokens: int) -> list[dict]:
     x_owl, x_llava = inputs(size, owl.config.num_image_tokens), inputs(size, llava.config.tokens_per_crop)
     repeats = 10 if size == "tiny" else 3
     pixels = x_owl["pixel_values"]
-    rows = [dict(name="image encoding (ViT + connector, 1 image)", size=size, kind="vision", **interleaved(
-        {"owl": lambda: owl.get_image_features(pixels), "llava": lambda: llava.get_image_features(pixels)}, repeats=repeats))]
-    rows.append(dict(name=f"prefill ({x_owl['input_ids'].shape[1]} / {x_llava['input_ids'].shape[1]} tokens)", size=size, kind="prefill",
-                     **interleaved({"owl": lambda: owl(**x_owl), "llava": lambda: llava(**x_llava)}, repeats=repeats)))
-    with torch.inference_mode():
-        t = {"owl": [], "llava": []}
-        for _ in range(repeats):
-            t["owl"].append(generation_rate(owl, x_owl, new_tokens))
-            t["llava"].append(generation_rate(llava, x_llava, new_tokens))
+    # "theirs" is our LLaVA-1.5, "ours" mPLUG-Owl
+    rows = [dict(name="image encoding (ViT + connector, 1 image)", size=size, kind="vision", **compare(
+        lambda: llava.get_image_features(pixels), lambda: owl.get_image_features(pixels), repeats=repeats))]
+    rows.append(dict(name=f"prefill ({x_owl['input_ids'].shape[1]} / {x_llava['input_ids'].shape[1]} tokens)", size=size,
+                     kind="prefill", **compare(lambda: llava(**x_llava), lambda: owl(**x_owl), repeats=repeats)))
     rows.append(dict(name=f"greedy generation ({new_tokens} tokens, KV cache)", size=size, kind="generation",
-                     owl=float(np.median(t["owl"])), llava=float(np.median(t["llava"]))))
+                     **compare(lambda: generation_rate(llava, x_llava, new_tokens),
+                               lambda: generation_rate(owl, x_owl, new_tokens), repeats=repeats, warmup=0, min_seconds=0)))
     return rows
 
 
@@ -75,20 +71,19 @@ def table(rows: list[dict]) -> str:
     lines = ["| benchmark | size | vlmhub mPLUG-Owl (ms) | vlmhub LLaVA-1.5, same ViT + LM (ms) | ratio owl/llava |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['size']} | {r['owl'] * 1e3:.2f} | {r['llava'] * 1e3:.2f} | {r['owl'] / r['llava']:.3f} |")
+        lines.append(f"| {r['name']} | {r['size']} | {r['ours'] * 1e3:.2f} | {r['theirs'] * 1e3:.2f} | {ratio(r):.3f} |")
     return "\n".join(lines)
 
 
 def collect(sizes="tiny", new_tokens: int = 16) -> list[dict]:
-    """Rows with "owl" and "llava" seconds for the given sizes ("tiny", "small", or "mid" = small)."""
+    """Rows with "ours" (mPLUG-Owl) and "theirs" (LLaVA-1.5) seconds for the given sizes ("tiny", "small", or "mid")."""
     torch.manual_seed(0)
     return [row for size in resolve_sizes(sizes, MID) for row in bench(size, new_tokens)]
 
 
 def rows(sizes="tiny", new_tokens: int = 16) -> list[dict]:
     """The suite's form: ours = mPLUG-Owl, theirs = our LLaVA-1.5 on the same ViT and LM (no transformers class)."""
-    return [dict({k: v for k, v in r.items() if k not in ("owl", "llava")}, ours=r["owl"], theirs=r["llava"],
-                 baseline="vlmhub LLaVA-1.5", goal=None) for r in collect(sizes, new_tokens)]
+    return [dict(r, baseline="vlmhub LLaVA-1.5", goal=None) for r in collect(sizes, new_tokens)]
 
 
 def main():

@@ -1,6 +1,7 @@
 """The one benchmark suite: every family's benchmarks in ONE process, vlmhub against transformers on identical
-(converted) weights, CPU fp32, medians of interleaved runs. Writes BENCHMARKS.md (a table per family, ratios
-ours/transformers, the goals of issue 11 marked met or not) and a bar chart of the ratios.
+(converted) weights, CPU fp32, interleaved runs. Writes BENCHMARKS.md (a table per family: ratios ours/transformers
+with their spread over the paired rounds, the floor the shared work sets where it is measured, the goals of issue 11
+marked met or not) and a bar chart of the ratios.
 
     python benchmarks/run.py [--sizes tiny | tiny,mid] [--threads N] [--families llava,mllama]
                              [--out BENCHMARKS.md] [--chart benchmarks/results/ratios.png]
@@ -21,7 +22,7 @@ import transformers
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import fmt, ratio  # noqa: E402
+from common import fmt, ratio, ratio_spread  # noqa: E402
 
 # (module in benchmarks/, title in the report); each module exposes rows(sizes) -> list[dict]
 FAMILIES = [
@@ -42,23 +43,40 @@ def goal_of(row: dict) -> float | None:
     return row["goal"] if "goal" in row else GOALS.get(row.get("kind"))
 
 
+NEAR_MISS = "missed, within spread"
+
+
 def verdict(row: dict) -> str:
-    """"met", "MISSED", or "" where the row has no goal (or no ratio)."""
+    """"met" (the median paired ratio is at most the goal), NEAR_MISS (it is above, but a quarter or more of the
+    rounds met the goal: the first quartile is at most the goal), "MISSED", or "" where the row has no goal."""
     goal, q = goal_of(row), ratio(row)
     if goal is None or q is None:
         return ""
-    return "met" if q <= goal else "MISSED"
+    if q <= goal:
+        return "met"
+    spread = ratio_spread(row)
+    return NEAR_MISS if spread is not None and spread[0] <= goal else "MISSED"
+
+
+def spread_text(row: dict) -> str:
+    spread = ratio_spread(row)
+    return "" if spread is None else f"{spread[0]:.3f}–{spread[1]:.3f}"
+
+
+def floor_text(row: dict) -> str:
+    return f"{row['floor']:.3f}" if row.get("floor") is not None else ""
 
 
 def family_table(rows: list[dict]) -> str:
-    lines = ["| benchmark | kind | size | baseline | baseline value | vlmhub value | unit | ratio ours/baseline | goal | |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | kind | size | baseline | baseline value | vlmhub value | unit | ratio ours/baseline | "
+             "spread | floor | goal | |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         unit, q, goal = r.get("unit", "ms"), ratio(r), goal_of(r)
         lines.append(
             f"| {r['name']} | {KIND_LABEL.get(r.get('kind'), r.get('kind', ''))} | {r['size']} | "
             f"{r.get('baseline', 'transformers')} | {fmt(r['theirs'], unit)} | {fmt(r['ours'], unit)} | {unit} | "
-            f"{'n/a' if q is None else f'{q:.3f}'} | {'' if goal is None else f'≤ {goal:g}'} | {verdict(r)} |"
+            f"{'n/a' if q is None else f'{q:.3f}'} | {spread_text(r)} | {floor_text(r)} | "
+            f"{'' if goal is None else f'≤ {goal:g}'} | {verdict(r)} |"
         )
     return "\n".join(lines)
 
@@ -86,10 +104,15 @@ def run_family(module_name: str, sizes: str) -> tuple[list[dict], float, str | N
 
 def summary(results: list[tuple[str, list[dict], float, str | None]]) -> str:
     judged = [(title, r) for title, found, _, _ in results for r in found if verdict(r)]
-    missed = [f"{title}: {r['name']} ({r['size']}, {ratio(r):.3f} > {goal_of(r):g})"
-              for title, r in judged if verdict(r) == "MISSED"]
-    lines = [f"Goals met: {len(judged) - len(missed)} of {len(judged)} rows with a goal."]
-    lines += [f"- missed: {m}" for m in missed]
+    missed = [(title, r) for title, r in judged if verdict(r) != "met"]
+    near = sum(verdict(r) == NEAR_MISS for _, r in missed)
+    lines = [f"Goals met: {len(judged) - len(missed)} of {len(judged)} rows with a goal; of the {len(missed)} missed, "
+             f"{near} within the spread of their rounds."]
+    for title, r in missed:
+        details = [f"{ratio(r):.3f} > {goal_of(r):g}"]
+        details += [f"spread {spread_text(r)}"] if spread_text(r) else []
+        details += [f"floor {floor_text(r)}"] if floor_text(r) else []
+        lines.append(f"- {verdict(r)}: {title}: {r['name']} ({r['size']}; {', '.join(details)})")
     return "\n".join(lines)
 
 
@@ -103,8 +126,15 @@ def report(results, sizes: str, seconds: float) -> str:
         f"- torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
         f"CPU fp32",
         f"- sizes: {sizes}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s in all",
-        "- times: medians of interleaved runs (ours and the baseline in turn); peak memory: growth of the resident set "
-        "over one warm forward (Linux VmHWM after a reset through /proc/self/clear_refs; coarse, page granular)",
+        "- times: interleaved rounds (ours and the baseline in turn, so drift hits both alike); the values are medians, "
+        "the ratio is the median of the per-round ratios ours/baseline, and the spread their first to third quartile "
+        "(half the rounds fall inside it)",
+        "- floor: the ratio the work both sides must do allows at best, timed in the same run: for vision towers at "
+        "the mid sizes, the baseline's time in matrix products, the patch convolution and fused attention (torch "
+        "profiler self times) over its whole time; for preprocessing, Pillow's resizes in our call (both make the same "
+        "pixels from 8-bit Pillow resizes) plus one write of the output array, over the baseline's time",
+        "- peak memory: the most bytes of tensors one warm forward holds at once, counted exactly op by op (outputs "
+        "included; kernels' private buffers not); the same on every run",
         f"- goals (issue 11): vision tower ≤ {GOALS['vision']}, prefill and generation ≤ {GOALS['prefill']}, "
         "preprocessing ≤ 0.2 for Mllama tiling and LLaVA-NeXT AnyRes, our cached decode step with 4 tiles ≤ 1.05 × "
         "with 1 tile",
@@ -128,17 +158,19 @@ def chart(results, path: Path) -> None:
     if not rows:
         return
     labels = [f"{title.split(' (')[0]}: {r['name']} [{r['size']}]" for title, r in rows]
-    colors = {"met": "tab:green", "MISSED": "tab:red", "": "tab:gray"}
+    colors = {"met": "tab:green", NEAR_MISS: "tab:orange", "MISSED": "tab:red", "": "tab:gray"}
     fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.5))
     y = range(len(rows))
     ax.barh(y, [ratio(r) for _, r in rows], color=[colors[verdict(r)] for _, r in rows])
     for i, (_, r) in enumerate(rows):
         if goal_of(r) is not None:
             ax.plot([goal_of(r)] * 2, [i - 0.4, i + 0.4], color="black", linewidth=1.5)
+        if r.get("floor") is not None:
+            ax.plot([r["floor"]], [i], marker="x", color="black", markersize=5)
     ax.axvline(1.0, color="black", linestyle=":", linewidth=0.8)
     ax.set_yticks(list(y), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio vlmhub / baseline (lower is better; black tick = goal)")
+    ax.set_xlabel("ratio vlmhub / baseline (lower is better; black tick = goal, x = floor of the shared work)")
     ax.set_title(f"vlmhub / transformers, torch {torch.__version__}, {torch.get_num_threads()} threads")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

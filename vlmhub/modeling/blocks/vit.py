@@ -47,7 +47,8 @@ class VisionEmbeddings(nn.Module):
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, D, h, w)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         cls = self.class_embedding.to(x.dtype).expand(B, 1, -1)
-        return torch.cat([cls, x], dim=1) + self.positions(H, W).to(x.dtype)
+        x = torch.cat([cls, x], dim=1)  # the patches are freed here, before the sum is made (peak memory)
+        return x + self.positions(H, W).to(x.dtype)
 
     def _check(self, pixel_values, interpolate_pos_encoding):
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
@@ -98,6 +99,7 @@ class EncoderLayer(GradientCheckpointingLayer):
     def forward(self, x, attention_mask=None, output_attentions=False):
         h, weights = self.self_attn(self.layer_norm1(x), attention_mask=attention_mask, output_attentions=output_attentions)
         x = x + (self.gate_attn.tanh() * h if self.gated else h)
+        del h  # not held while the MLP runs: its wide activations set the peak memory
         h = self.mlp(self.layer_norm2(x))
         x = x + (self.gate_ffn.tanh() * h if self.gated else h)
         return x, weights

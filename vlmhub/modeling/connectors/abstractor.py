@@ -49,6 +49,7 @@ class AbstractorLayer(GradientCheckpointingLayer):
         context = torch.cat([q, self.normk(features)], dim=1)  # (B, Q + N, D): keys/values over queries and patches
         h, weights = self.attention(q, context=context, attention_mask=attention_mask, output_attentions=output_attentions)
         x = q + h  # the residual is the normed queries, as in the original
+        del q, context, h  # not held while the MLP runs (peak memory)
         x = x + self.mlp(self.norm2(x))
         return x, weights
 

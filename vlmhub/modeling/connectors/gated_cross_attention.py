@@ -89,6 +89,7 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
         if self.mask_rows_in_attention and row is not None:
             h = h * row
         hidden_states = hidden_states + self.attn_gate.tanh() * h
+        del h  # not held while the MLP runs: its wide activations set the peak memory
         h = self.mlp(self.post_attention_layernorm(hidden_states))
         if self.mask_rows_in_mlp and row is not None:
             h = h * row
