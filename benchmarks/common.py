@@ -189,21 +189,23 @@ KERNEL_OPS = frozenset({
 })
 
 
-def kernel_seconds(fn) -> float:
-    """Seconds one call of fn spends inside KERNEL_OPS (torch profiler self times; call fn once before)."""
+def kernel_share(fn) -> float:
+    """The fraction of one call of fn (wall time, under the torch profiler) spent inside KERNEL_OPS (self times)."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
         fn()
-    return sum(event.self_cpu_time_total for event in prof.key_averages() if event.key in KERNEL_OPS) * 1e-6
+        wall = time.perf_counter() - start
+    return sum(event.self_cpu_time_total for event in prof.key_averages() if event.key in KERNEL_OPS) * 1e-6 / wall
 
 
 def kernel_floor(row: dict, fn, runs: int = 3) -> dict:
-    """`row` with "floor": the baseline's kernel time (median of `runs` profiled calls of its fn) over its median time,
-    the ratio a model running the same kernels can at best reach. Meaningful where kernels take milliseconds; at the
-    tiny sizes per-op overhead (and the profiler's own) dominates, so those rows get none."""
-    spent = statistics.median(kernel_seconds(fn) for _ in range(runs))
-    return dict(row, floor=min(spent / row["theirs"], 1.0))
+    """`row` with "floor": the baseline's share of time in the compute kernels (median of `runs` profiled calls of
+    its fn, each against its own wall time, so a noisy moment of the timed rounds does not move it), the ratio a model
+    running the same kernels can at best reach. Meaningful where kernels take milliseconds; at the tiny sizes per-op
+    overhead (and the profiler's own) dominates, so those rows get none."""
+    return dict(row, floor=min(statistics.median(kernel_share(fn) for _ in range(runs)), 1.0))
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ def bench(size: str, next_: bool, new_tokens: int) -> list[dict]:
     (hf, ours), pinpoints = models(size, next_)
     x = inputs(size, pinpoints)
     name = "LLaVA-NeXT" if next_ else "LLaVA-1.5"
-    repeats = 10 if size == "tiny" else 3
+    repeats = 10 if size == "tiny" else 4
     crops = x["pixel_values"].flatten(0, -4)  # (crops, 3, H, W)
     tower = dict(name=f"{name} vision tower ({crops.shape[0]} crops)", size=size, kind="vision",
                  **compare(lambda: hf.model.vision_tower(crops), lambda: ours.vision_tower(crops), repeats=repeats))

@@ -54,7 +54,7 @@ def inputs(size: str, image_tokens: int) -> dict:
 def bench(size: str, new_tokens: int) -> list[dict]:
     owl, llava = models(size)
     x_owl, x_llava = inputs(size, owl.config.num_image_tokens), inputs(size, llava.config.tokens_per_crop)
-    repeats = 10 if size == "tiny" else 3
+    repeats = 10 if size == "tiny" else 4
     pixels = x_owl["pixel_values"]
     # "theirs" is our LLaVA-1.5, "ours" mPLUG-Owl
     rows = [dict(name="image encoding (ViT + connector, 1 image)", size=size, kind="vision", **compare(
