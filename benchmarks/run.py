@@ -28,6 +28,7 @@ from common import fmt, ratio, ratio_spread  # noqa: E402
 FAMILIES = [
     ("vit_clip", "ViT and CLIP"),
     ("llava", "LLaVA-1.5 and LLaVA-NeXT"),
+    ("blip", "BLIP"),
     ("blip2", "BLIP-2"),
     ("mllama", "Llama 3.2 Vision (Mllama)"),
     ("mplug_owl", "mPLUG-Owl (against our LLaVA-1.5: transformers has no mPLUG-Owl)"),

@@ -102,6 +102,45 @@ def test_retrieval_parity(tmp_path):
     assert all(d <= ATOL for d in diffs.values()), diffs
 
 
+def test_caption_decoding_projects_the_image_once(tmp_path):
+    """The image keys/values of every cross-attention are projected at the first step and read from the generation
+    cache after (as transformers' EncoderDecoderCache): the same tokens as transformers, as decoding without a cache,
+    and with beam search (the cached image rows follow the beams)."""
+    hf = randomized(transformers.BlipForConditionalGeneration(hf_config()))
+    ours = converted(hf, tmp_path, AutoModelForImageTextToText)
+    layers = ours.text_decoder.layers
+    projections = []
+    hooks = [layer.cross_attn.k_proj.register_forward_hook(lambda *_: projections.append(1)) for layer in layers]
+    pixels = torch.randn(2, 3, 16, 16)
+    kwargs = dict(pixel_values=pixels, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        cached = ours.generate(**kwargs)
+        assert len(projections) == len(layers)  # once per layer for 6 tokens
+        projections.clear()
+        assert torch.equal(cached, ours.generate(**kwargs, use_cache=False))
+        assert len(projections) == 6 * len(layers)  # without a cache: every step
+        assert torch.equal(cached, hf.generate(**kwargs))
+        beams = dict(kwargs, num_beams=3, num_return_sequences=2)
+        assert torch.equal(ours.generate(**beams), hf.generate(**beams))
+    for hook in hooks:
+        hook.remove()
+
+
+def test_a_cached_caption_step_gives_the_full_forward_logits(tmp_path):
+    hf = randomized(transformers.BlipForConditionalGeneration(hf_config()))
+    ours = converted(hf, tmp_path, AutoModelForImageTextToText)
+    ids, _ = captions()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        full = ours(pixel_values=pixels, input_ids=ids).logits
+        first = ours(pixel_values=pixels, input_ids=ids[:, :-2], use_cache=True)
+        step = ours(image_embeds=first.image_embeds, input_ids=ids[:, -2:], cache=first.cache)
+    cache = first.cache
+    assert len(cache.layers) == 2 * len(ours.text_decoder.layers)  # self-attention slots, then the image slots
+    assert cache.get_seq_length() == ids.shape[1]
+    assert max_diff(step.logits, full[:, -2:]) <= ATOL
+
+
 def test_caption_length_limit_and_missing_image():
     ours = VlmhubBlipForConditionalGeneration(VlmhubBlipConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,

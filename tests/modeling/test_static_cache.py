@@ -14,7 +14,7 @@ from tests.modeling import test_llava as llava
 from tests.modeling import test_minigpt4 as minigpt4
 from tests.modeling import test_mllama as mllama
 from tests.modeling import test_mplug_owl as mplug_owl
-from vlmhub.modeling.connectors.gated_cross_attention import MediaCacheLayer
+from vlmhub.modeling.blocks.attention import MediaCacheLayer
 
 
 def llava_case():

@@ -66,8 +66,10 @@ class BlipTextModel(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.layers = nn.ModuleList(BertLayer(config, has_cross_attention=True, layer_idx=i)
-                                    for i in range(config.num_hidden_layers))
+        # cache slots: the self-attention keys/values of layer i at i, its image keys/values at num_layers + i
+        n = config.num_hidden_layers
+        self.layers = nn.ModuleList(BertLayer(config, has_cross_attention=True, layer_idx=i, cross_attention_slot=n + i)
+                                    for i in range(n))
         self.gradient_checkpointing = False
 
     def forward(self, input_ids, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,

@@ -24,8 +24,8 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.flamingo import VlmhubFlamingoConfig
 from .blocks import VisionTransformer
-from .connectors.gated_cross_attention import (GatedCrossAttentionLayer, cached_media, insert_cross_attention,
-                                               prepare_media_mask)
+from .blocks.attention import cached_media
+from .connectors.gated_cross_attention import GatedCrossAttentionLayer, insert_cross_attention, prepare_media_mask
 from .connectors.perceiver import PerceiverResampler
 from .language_model import LanguageModelAccessors
 from .pretrained import VlmhubPreTrainedModel

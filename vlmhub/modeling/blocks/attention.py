@@ -7,6 +7,7 @@ eager is used for a call that asks for the attention weights, since SDPA does no
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
@@ -137,3 +138,59 @@ class Attention(nn.Module):
         )
         out = self.o_proj(out.reshape(B, T, -1))
         return out, weights
+
+
+# --- the media keys/values of a cross-attention, kept in the generation cache -----------------------------------------
+
+
+def cached_media(cache: Cache | None, slot: int):
+    """The media keys/values stored at `slot` of a generation cache, or None (no cache, or nothing there yet)."""
+    if cache is None or slot >= len(cache.layers):
+        return None
+    layer = cache.layers[slot]
+    if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
+        return None
+    return layer.keys, layer.values
+
+
+class MediaCacheLayer(DynamicLayer):
+    """A cache layer holding media (image) keys/values for a cross-attention. They belong to the images, not to the
+    text, so cropping the text (assisted decoding rolling back rejected tokens) leaves them whole; batch reordering
+    still applies.
+
+    Written at prefill and only read while decoding, the layer never changes shape between steps, so it does not make
+    a static cache dynamic: transformers asks whether every layer is compileable before it decides it may decode
+    without a mask, and a static cache's unwritten slots need the mask. A reset empties it: the next prefill brings
+    its own media."""
+
+    is_compileable = True
+
+    def crop(self, tokens_to_remove: int) -> None:
+        return None
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.is_initialized = False
+
+
+def reserve_cache_slot(cache: Cache, slot: int) -> None:
+    """Make `slot` of a generation cache a MediaCacheLayer. Caches built from a text config hold one layer per
+    decoder layer; the media slots come after them (earlier unused slots are filled with plain layers)."""
+    while len(cache.layers) < slot:
+        cache.layers.append(DynamicLayer())
+    if len(cache.layers) == slot:
+        cache.layers.append(MediaCacheLayer())
+
+
+def cross_key_value(attention: Attention, context: torch.Tensor, cache: Cache | None):
+    """Keys/values (B, nkv, S, hs) of a cross-attention over `context` (B, S, kv_dim): read from the cache slot
+    `attention.layer_idx` once written there, else projected, and written there when a cache is given (the first
+    call of a generation). As transformers' encoder-decoder caches, a cache belongs to one set of images."""
+    cached = cached_media(cache, attention.layer_idx)
+    if cached is not None:
+        return cached
+    key_value = attention.project_key_value(context)
+    if cache is None:
+        return key_value
+    reserve_cache_slot(cache, attention.layer_idx)
+    return cache.update(*key_value, attention.layer_idx)

@@ -9,7 +9,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import Attention
+from .attention import Attention, cross_key_value
 from .mlp import MLP
 
 
@@ -21,12 +21,15 @@ class BertLayer(GradientCheckpointingLayer):
     """
 
     def __init__(self, config, has_cross_attention: bool = False, has_ffn: bool = True, is_causal: bool = False,
-                 layer_idx: int | None = None):
+                 layer_idx: int | None = None, cross_attention_slot: int | None = None):
+        """`layer_idx`: the generation-cache slot of the self-attention keys/values; `cross_attention_slot`: that of
+        the image keys/values (projected once per generation, then read from the cache; None: projected every call)."""
         super().__init__()
         D = config.hidden_size
         self.self_attn = self._attention(config, D, is_causal=is_causal, layer_idx=layer_idx)
         self.self_attn_norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.cross_attn = self._attention(config, config.encoder_hidden_size) if has_cross_attention else None
+        self.cross_attn = self._attention(config, config.encoder_hidden_size, layer_idx=cross_attention_slot) \
+            if has_cross_attention else None
         self.cross_attn_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if has_cross_attention else None
         self.mlp = MLP(D, config.intermediate_size, config.hidden_act) if has_ffn else None
         self.mlp_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if has_ffn else None
@@ -43,11 +46,14 @@ class BertLayer(GradientCheckpointingLayer):
                                     output_attentions=output_attentions)
         return self.self_attn_norm(x + self.dropout(h)), weights
 
-    def cross_attend(self, x, encoder_hidden_states, encoder_attention_mask=None):
-        """Post-norm cross-attention to encoder_hidden_states (B, S, encoder_hidden_size)."""
+    def cross_attend(self, x, encoder_hidden_states, encoder_attention_mask=None, cache=None):
+        """Post-norm cross-attention to encoder_hidden_states (B, S, encoder_hidden_size); with a cache and a
+        cross_attention_slot, their keys/values are projected at the first call and read from the cache after."""
         if encoder_hidden_states is None:
             raise ValueError("this layer has cross-attention: pass encoder_hidden_states (the image features)")
-        h, _ = self.cross_attn(x, context=encoder_hidden_states, attention_mask=encoder_attention_mask)
+        cache = cache if self.cross_attn.layer_idx is not None else None
+        key_value = cross_key_value(self.cross_attn, encoder_hidden_states, cache)
+        h, _ = self.cross_attn(x, attention_mask=encoder_attention_mask, key_value=key_value)
         return self.cross_attn_norm(x + self.dropout(h))
 
     def feed_forward(self, x, mlp=None, norm=None):
@@ -59,7 +65,7 @@ class BertLayer(GradientCheckpointingLayer):
                 cache=None, output_attentions=False):
         x, weights = self.attend(x, attention_mask, cache, output_attentions)
         if self.cross_attn is not None and encoder_hidden_states is not None:  # no image: the unimodal text mode
-            x = self.cross_attend(x, encoder_hidden_states, encoder_attention_mask)
+            x = self.cross_attend(x, encoder_hidden_states, encoder_attention_mask, cache)
         return self.feed_forward(x), weights
 
 

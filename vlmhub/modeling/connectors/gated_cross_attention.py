@@ -10,10 +10,10 @@ passed to every call (`cache`), at the slot `layer_idx` of the block.
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..blocks.attention import Attention, RMSNorm, additive_mask
+from ..blocks.attention import Attention, RMSNorm, additive_mask, cached_media, reserve_cache_slot
 from ..blocks.mlp import MLP
 
 NORMS = ("rms", "layer")
@@ -103,7 +103,7 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
             key_value = self.cross_attn.project_key_value(media_states)
             if cache is None:
                 return key_value
-            _reserve_slot(cache, self.layer_idx)
+            reserve_cache_slot(cache, self.layer_idx)
             return cache.update(*key_value, self.layer_idx)
         return cached_media(cache, self.layer_idx)
 
@@ -143,43 +143,6 @@ def _visibility(media_mask, hidden_states, num_media_tokens: int):
                          f"got {tuple(media_mask.shape)}")
     media_mask = prepare_media_mask(media_mask)
     return media_mask.additive(hidden_states.dtype), media_mask.row
-
-
-def cached_media(cache: Cache | None, slot: int):
-    """The media keys/values stored at `slot` of a generation cache, or None."""
-    if cache is None or slot >= len(cache.layers):
-        return None
-    layer = cache.layers[slot]
-    if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
-        return None
-    return layer.keys, layer.values
-
-
-class MediaCacheLayer(DynamicLayer):
-    """A cache layer holding media keys/values. They belong to the images, not to the text, so cropping the text
-    (assisted decoding rolling back rejected tokens) leaves them whole; batch reordering still applies.
-
-    Written at prefill and only read while decoding, the layer never changes shape between steps, so it does not make
-    a static cache dynamic: transformers asks whether every layer is compileable before it decides it may decode
-    without a mask, and a static cache's unwritten slots need the mask. A reset empties it: the next prefill brings
-    its own media."""
-
-    is_compileable = True
-
-    def crop(self, tokens_to_remove: int) -> None:
-        return None
-
-    def reset(self) -> None:
-        self.keys = self.values = None
-        self.is_initialized = False
-
-
-def _reserve_slot(cache: Cache, slot: int) -> None:
-    """Caches built from the language model's config hold one layer per decoder layer; media slots come after."""
-    while len(cache.layers) < slot:
-        cache.layers.append(DynamicLayer())
-    if len(cache.layers) == slot:
-        cache.layers.append(MediaCacheLayer())
 
 
 class DecoderLayerWithCrossAttention(nn.Module):
