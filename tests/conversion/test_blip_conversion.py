@@ -122,6 +122,9 @@ def test_caption_decoding_projects_the_image_once(tmp_path):
         assert torch.equal(cached, hf.generate(**kwargs))
         beams = dict(kwargs, num_beams=3, num_return_sequences=2)
         assert torch.equal(ours.generate(**beams), hf.generate(**beams))
+        # prompt lookup crops the cache when it rejects drafted tokens: the image slots stay whole
+        one = dict(kwargs, pixel_values=pixels[:1])
+        assert torch.equal(ours.generate(**one, prompt_lookup_num_tokens=2), cached[:1])
     for hook in hooks:
         hook.remove()
 
