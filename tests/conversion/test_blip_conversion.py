@@ -105,7 +105,7 @@ def test_retrieval_parity(tmp_path):
 def test_caption_decoding_projects_the_image_once(tmp_path):
     """The image keys/values of every cross-attention are projected at the first step and read from the generation
     cache after (as transformers' EncoderDecoderCache): the same tokens as transformers, as decoding without a cache,
-    and with beam search (the cached image rows follow the beams)."""
+    with beam search (the cached image rows follow the beams) and with prompt lookup (which crops the cache)."""
     hf = randomized(transformers.BlipForConditionalGeneration(hf_config()))
     ours = converted(hf, tmp_path, AutoModelForImageTextToText)
     layers = ours.text_decoder.layers
