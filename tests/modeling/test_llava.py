@@ -33,6 +33,11 @@ def test_merge_places_rows_in_order_and_checks_counts():
     assert merged[0, 0].abs().sum() == 0
     with pytest.raises(ValueError, match="3 image tokens .* 2 feature vectors"):
         merge_image_features(embeds, ids, features[:2], IMAGE)
+    # per-image features (LLaVA's pooler_output list) are joined in order, a single one used as it is
+    assert torch.equal(merge_image_features(embeds, ids, [features[:2], features[2:]], IMAGE), merged)
+    assert torch.equal(merge_image_features(embeds, ids, [features], IMAGE), merged)
+    with pytest.raises(ValueError, match="3 image tokens .* 2 feature vectors"):
+        merge_image_features(embeds, ids, [features[:1], features[2:]], IMAGE)
 
 
 def test_wrong_number_of_image_tokens_raises():

@@ -25,8 +25,9 @@ class LanguageModelMixin(LanguageModelAccessors):
     """For models holding `self.language_model` (a transformers causal LM) and `config.image_token_id`."""
 
     def run_language_model(self, input_ids, inputs_embeds, image_features, **lm_kwargs):
-        """Embed `input_ids` (or take `inputs_embeds`), replace the image tokens by `image_features` (rows in order;
-        None for text only) and run the language model with `lm_kwargs` (masks, cache, labels, ...)."""
+        """Embed `input_ids` (or take `inputs_embeds`), replace the image tokens by `image_features` (rows in order: a
+        tensor or a list of per-image tensors; None for text only) and run the language model with `lm_kwargs` (masks,
+        cache, labels, ...)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds")
         if image_features is None:  # text only (every decode step): the language model embeds its ids itself

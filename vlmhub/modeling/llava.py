@@ -138,10 +138,9 @@ class VlmhubLlavaForConditionalGeneration(LanguageModelMixin, VlmhubLlavaPreTrai
         if image is None and pixel_values is not None:
             image = self.get_image_features(pixel_values, image_sizes=image_sizes, vision_feature_layer=vision_feature_layer,
                                             vision_feature_select_strategy=vision_feature_select_strategy)
-        image_features = None if image is None else torch.cat(list(image.pooler_output))
-        out = self.run_language_model(
-            input_ids, inputs_embeds, image_features, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
+        out = self.run_language_model(  # the per-image features are joined while merging, not held during the LM
+            input_ids, inputs_embeds, None if image is None else image.pooler_output, attention_mask=attention_mask,
+            position_ids=position_ids, cache=cache, labels=labels, logits_to_keep=logits_to_keep, **kwargs,
         )
         return LlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache,
                                            hidden_states=out.hidden_states, attentions=out.attentions, image_outputs=image)
