@@ -182,15 +182,19 @@ def reserve_cache_slot(cache: Cache, slot: int) -> None:
         cache.layers.append(MediaCacheLayer())
 
 
-def cross_key_value(attention: Attention, context: torch.Tensor, cache: Cache | None):
-    """Keys/values (B, nkv, S, hs) of a cross-attention over `context` (B, S, kv_dim): read from the cache slot
-    `attention.layer_idx` once written there, else projected, and written there when a cache is given (the first
-    call of a generation). As transformers' encoder-decoder caches, a cache belongs to one set of images."""
-    cached = cached_media(cache, attention.layer_idx)
-    if cached is not None:
-        return cached
+def project_into_cache(attention: Attention, context: torch.Tensor, cache: Cache | None):
+    """Keys/values (B, nkv, S, hs) of `context` (B, S, kv_dim) projected by a cross-attention, and appended to the
+    cache slot `attention.layer_idx` when a cache is given (what the slot then holds is returned)."""
     key_value = attention.project_key_value(context)
     if cache is None:
         return key_value
     reserve_cache_slot(cache, attention.layer_idx)
     return cache.update(*key_value, attention.layer_idx)
+
+
+def cross_key_value(attention: Attention, context: torch.Tensor, cache: Cache | None):
+    """Keys/values of a cross-attention over `context`: read from the cache slot `attention.layer_idx` once written
+    there, else projected (and written there when a cache is given: the first call of a generation). As transformers'
+    encoder-decoder caches, a cache belongs to one set of images."""
+    cached = cached_media(cache, attention.layer_idx)
+    return cached if cached is not None else project_into_cache(attention, context, cache)

@@ -13,7 +13,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..blocks.attention import Attention, RMSNorm, additive_mask, cached_media, reserve_cache_slot
+from ..blocks.attention import Attention, RMSNorm, additive_mask, cached_media, project_into_cache
 from ..blocks.mlp import MLP
 
 NORMS = ("rms", "layer")
@@ -100,11 +100,7 @@ class GatedCrossAttentionLayer(GradientCheckpointingLayer):
         """Keys/values (B, nkv, S, hs) of the media: projected (and cached) when media_states are given, else read
         from the cache; None when there are neither."""
         if media_states is not None:
-            key_value = self.cross_attn.project_key_value(media_states)
-            if cache is None:
-                return key_value
-            reserve_cache_slot(cache, self.layer_idx)
-            return cache.update(*key_value, self.layer_idx)
+            return project_into_cache(self.cross_attn, media_states, cache)
         return cached_media(cache, self.layer_idx)
 
 
