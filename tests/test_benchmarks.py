@@ -92,3 +92,23 @@ def test_our_mllama_tower_holds_less_tensor_memory_than_transformers():
     theirs_peak = common.peak_tensor_bytes(lambda: hf.model.vision_model(*tiles))
     ours_peak = common.peak_tensor_bytes(lambda: ours.vision_model(*tiles))
     assert ours_peak < theirs_peak
+
+
+def test_the_suite_runs_a_family_end_to_end(tmp_path):
+    """`make bench` on one family: the report and the chart are written and nothing failed."""
+    out, chart = tmp_path / "BENCHMARKS.md", tmp_path / "ratios.png"
+    assert run.main(["--sizes", "tiny", "--families", "blip2", "--out", str(out), "--chart", str(chart)]) == 0
+    text = out.read_text()
+    assert "## BLIP-2" in text and "FAILED" not in text and chart.stat().st_size > 0
+    assert "| BLIP-2 forward peak memory (batch 2) | peak memory | tiny |" in text
+
+
+def test_the_gpu_script_runs_end_to_end_on_tiny_shapes(tmp_path):
+    """The script a lent GPU runs (its minutes are few): both models, both implementations, both caches, checked
+    here on tiny shapes on the CPU."""
+    import gpu  # benchmarks/gpu.py
+
+    out = tmp_path / "gpu.md"
+    assert gpu.main(["--device", "cpu", "--tiny", "--new-tokens", "3", "--repeats", "1", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| llava-7b", "| mllama-11b"))]
+    assert len(rows) == 8  # 2 models x 2 implementations x 2 caches
