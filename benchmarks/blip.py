@@ -13,7 +13,8 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, kernel_floor, memory_row, pair, resolve_sizes, save_report, table  # noqa: E402
+from common import (compare, kernel_floor, memory_row, pair, preprocessing_row, real_images, resolve_sizes,  # noqa: E402
+                    save_report, table)
 
 import vlmhub  # noqa: E402,F401
 
@@ -77,7 +78,11 @@ def bench(size: str, batch: int, new_tokens: int) -> list[dict]:
 
 def rows(sizes="tiny", batch: int = 2, new_tokens: int = 16) -> list[dict]:
     """BLIP rows for the given sizes ("tiny", "base", or "mid" = base)."""
-    return [row for size in resolve_sizes(sizes, MID) for row in bench(size, batch, new_tokens)]
+    from vlmhub.processing.blip import VlmhubBlipImageProcessor
+
+    found = [row for size in resolve_sizes(sizes, MID) for row in bench(size, batch, new_tokens)]
+    return found + [preprocessing_row("BLIP preprocessing, 384 px", transformers.BlipImageProcessorPil(),
+                                      VlmhubBlipImageProcessor(), real_images())]
 
 
 def main():

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, kernel_floor, memory_row, resolve_sizes, table  # noqa: E402
+from common import compare, kernel_floor, memory_row, preprocessing_row, real_images, resolve_sizes, table  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.conversion.sources import transformers as transformers_source  # noqa: E402
@@ -74,8 +74,12 @@ def bench(size: str, batch: int, new_tokens: int, device: str) -> list[dict]:
 
 def rows(sizes="tiny", batch: int = 2, new_tokens: int = 16, device: str = "cpu") -> list[dict]:
     """BLIP-2 rows for the given sizes ("tiny", "small", or "mid" = small)."""
+    from vlmhub.processing.blip2 import VlmhubBlip2ImageProcessor
+
     torch.manual_seed(0)
-    return [row for size in resolve_sizes(sizes, MID) for row in bench(size, batch, new_tokens, device)]
+    found = [row for size in resolve_sizes(sizes, MID) for row in bench(size, batch, new_tokens, device)]
+    theirs = transformers.BlipImageProcessorPil(size={"height": 224, "width": 224})  # BLIP-2's setting
+    return found + [preprocessing_row("BLIP-2 preprocessing, 224 px", theirs, VlmhubBlip2ImageProcessor(), real_images())]
 
 
 def main():

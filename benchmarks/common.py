@@ -179,6 +179,31 @@ def memory_row(name: str, size: str, fns: dict) -> dict:
     return dict(name=name, size=size, kind="memory", unit="MB", **{key: peak_tensor_bytes(fn) for key, fn in fns.items()})
 
 
+def real_images(count: int = 16, seed: int = 0) -> list:
+    """`count` random RGB PIL images of random sizes, 200 to 1200 px a side (photos, not the model's square crops)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
+            for h, w in rng.integers(200, 1200, (count, 2))]
+
+
+def preprocessing_row(name: str, theirs, ours, images: list, goal: float | None = None, repeats: int = 5) -> dict:
+    """A preprocessing row: the two image processors on the same images (return_tensors="pt"), interleaved, with the
+    floor of the shared work; the name says whether their pixel_values are identical."""
+    def call(processor):
+        return lambda: processor(images, return_tensors="pt")
+
+    a, b = call(theirs)()["pixel_values"], call(ours)()["pixel_values"]
+    same = a.shape == b.shape and torch.equal(a, b)
+    row = dict(name=f"{name} ({len(images)} images, 200-1200 px; identical: {same})", size="real", kind="preprocessing",
+               **compare(call(theirs), call(ours), repeats=repeats, warmup=1))
+    if goal is not None:
+        row["goal"] = goal
+    return preprocessing_floor(row, call(ours), tuple(b.shape))
+
+
 # --- floors: the work both sides must do, timed in the same run -------------------------------------------------------
 
 # The compute kernels a vision tower cannot avoid (matrix products, the patch convolution, fused attention): leaf ops,

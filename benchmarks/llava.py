@@ -6,16 +6,14 @@ prefill forward, greedy generation, and AnyRes preprocessing.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, generation_rate, kernel_floor, memory_row, pair, preprocessing_floor, resolve_sizes, table  # noqa: E402
+from common import (compare, generation_rate, kernel_floor, memory_row, pair, preprocessing_floor,  # noqa: E402
+                    preprocessing_row, real_images, resolve_sizes, table)
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.geometry.anyres import anyres_num_tokens  # noqa: E402
@@ -82,9 +80,7 @@ def bench_preprocessing(count: int = 16) -> dict:
     crop = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})  # the same work on both sides
     theirs = LlavaNextImageProcessorPil(image_grid_pinpoints=pinpoints, **crop)
     ours = vlmhub.LlavaImageProcessor(image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, **crop)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
-              for h, w in rng.integers(200, 1200, (count, 2))]
+    images = real_images(count)
     if not torch.equal(theirs(images, return_tensors="pt")["pixel_values"], ours(images, return_tensors="pt")["pixel_values"]):
         raise AssertionError("AnyRes pixel_values differ from transformers': the timing would compare different work")
     t = compare(lambda: theirs(images, return_tensors="pt"), lambda: ours(images, return_tensors="pt"), repeats=5, warmup=1)
@@ -97,7 +93,15 @@ def rows(sizes="tiny", new_tokens: int = 16, preprocessing: bool = True) -> list
     """LLaVA-1.5 and LLaVA-NeXT rows for the given sizes ("tiny", "small", or "mid" = small), then AnyRes."""
     torch.manual_seed(0)
     out = [row for size in resolve_sizes(sizes, MID) for next_ in (False, True) for row in bench(size, next_, new_tokens)]
-    return out + ([bench_preprocessing()] if preprocessing else [])
+    return out + ([bench_pad_preprocessing(), bench_preprocessing()] if preprocessing else [])
+
+
+def bench_pad_preprocessing() -> dict:
+    """LLaVA-1.5's: each image padded to a square on the mean colour, then resized and cropped to 336 px."""
+    crop = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    return preprocessing_row("LLaVA-1.5 preprocessing, pad to square, 336 px",
+                             transformers.LlavaImageProcessorPil(do_pad=True, **crop),
+                             vlmhub.LlavaImageProcessor(image_aspect_ratio="pad", **crop), real_images())
 
 
 def main():

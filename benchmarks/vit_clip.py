@@ -11,7 +11,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, kernel_floor, memory_row, pair, resolve_sizes, table  # noqa: E402
+from common import compare, kernel_floor, memory_row, pair, preprocessing_row, real_images, resolve_sizes, table  # noqa: E402
 
 MID = "base"  # the size `run.py --sizes mid` picks
 
@@ -63,7 +63,19 @@ def rows(sizes="tiny", batch: int = 4, device: str = "cpu") -> list[dict]:
     for size in resolve_sizes(sizes, MID):
         out += bench_vit(size, batch, device)
         out += bench_clip(size, batch, device)
-    return out
+    return out + bench_preprocessing()
+
+
+def bench_preprocessing() -> list[dict]:
+    """The processors at their defaults (224 px). CLIP's centre crop starts where torchvision's does (rounded, as
+    OpenAI trained with), transformers' floors it: for some sizes the crop is one pixel apart, so not identical."""
+    from vlmhub.processing.clip import VlmhubCLIPImageProcessor
+    from vlmhub.processing.vit import VlmhubViTImageProcessor
+
+    images = real_images()
+    return [preprocessing_row("ViT preprocessing", transformers.ViTImageProcessorPil(), VlmhubViTImageProcessor(), images),
+            preprocessing_row("CLIP preprocessing", transformers.CLIPImageProcessorPil(), VlmhubCLIPImageProcessor(),
+                              images)]
 
 
 def main():
