@@ -13,8 +13,8 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (compare, kernel_floor, memory_row, pair, preprocessing_row, real_images, resolve_sizes,  # noqa: E402
-                    save_report, table)
+from common import (compare, memory_row, pair, preprocessing_row, real_images, resolve_sizes,  # noqa: E402
+                    save_report, table, tower_row)
 
 import vlmhub  # noqa: E402,F401
 
@@ -55,9 +55,8 @@ def bench(size: str, batch: int, new_tokens: int) -> list[dict]:
     pixels = torch.randn(batch, 3, image, image)
     ids, mask = text_inputs(size, batch)
     repeats = 10 if size == "tiny" else 4
-    tower = dict(name=f"BLIP vision tower (batch {batch})", size=size, kind="vision",
-                 **compare(lambda: hf.vision_model(pixels), lambda: ours.vision_model(pixels), repeats=repeats))
-    out = [tower if size == "tiny" else kernel_floor(tower, lambda: hf.vision_model(pixels))]
+    out = [tower_row(f"BLIP vision tower (batch {batch})", size, lambda: hf.vision_model(pixels),
+                     lambda: ours.vision_model(pixels), repeats=repeats)]
     step = dict(pixel_values=pixels, input_ids=ids, attention_mask=mask)
     out.append(dict(name=f"BLIP captioning forward (batch {batch}, {ids.shape[1]} tokens)", size=size, kind="prefill",
                     **compare(lambda: hf(**step), lambda: ours(**step), repeats=repeats)))

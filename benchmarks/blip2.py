@@ -13,7 +13,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, kernel_floor, memory_row, preprocessing_row, real_images, resolve_sizes, table  # noqa: E402
+from common import compare, memory_row, preprocessing_row, real_images, resolve_sizes, table, tower_row  # noqa: E402
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.conversion.sources import transformers as transformers_source  # noqa: E402
@@ -54,9 +54,8 @@ def bench(size: str, batch: int, new_tokens: int, device: str) -> list[dict]:
     pixels = torch.randn(batch, 3, image, image, device=device)
     ids = torch.cat([torch.full((batch, queries), 999), torch.randint(3, 900, (batch, 16))], 1).to(device)
     repeats = 10 if size == "tiny" else 4
-    row = dict(name=f"BLIP-2 vision tower (batch {batch})", size=size, kind="vision",
-               **compare(lambda: hf.vision_model(pixels), lambda: ours.vision.vision_model(pixels), repeats=repeats))
-    out = [row if size == "tiny" else kernel_floor(row, lambda: hf.vision_model(pixels))]
+    out = [tower_row(f"BLIP-2 vision tower (batch {batch})", size, lambda: hf.vision_model(pixels),
+                     lambda: ours.vision.vision_model(pixels), repeats=repeats)]
     t = compare(lambda: hf(pixel_values=pixels, input_ids=ids), lambda: ours(pixel_values=pixels, input_ids=ids),
                 repeats=repeats)
     out.append(dict(name=f"BLIP-2 forward (batch {batch}, {ids.shape[1]} tokens)", size=size, kind="prefill", **t))

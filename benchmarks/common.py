@@ -228,9 +228,15 @@ def kernel_share(fn) -> float:
 def kernel_floor(row: dict, fn, runs: int = 3) -> dict:
     """`row` with "floor": the baseline's share of time in the compute kernels (median of `runs` profiled calls of
     its fn, each against its own wall time, so a noisy moment of the timed rounds does not move it), the ratio a model
-    running the same kernels can at best reach. Meaningful where kernels take milliseconds; at the tiny sizes per-op
-    overhead (and the profiler's own) dominates, so those rows get none."""
+    running the same kernels can at best reach."""
     return dict(row, floor=min(statistics.median(kernel_share(fn) for _ in range(runs)), 1.0))
+
+
+def tower_row(name: str, size: str, theirs, ours, repeats: int) -> dict:
+    """A vision-tower row: the two towers interleaved, with the kernel floor of theirs except at the tiny size, where
+    per-op overhead (and the profiler's own) dominates the kernels."""
+    row = dict(name=name, size=size, kind="vision", **compare(theirs, ours, repeats=repeats))
+    return row if size == "tiny" else kernel_floor(row, theirs)
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (compare, generation_rate, kernel_floor, memory_row, pair, preprocessing_floor,  # noqa: E402
-                    preprocessing_row, real_images, resolve_sizes, table)
+from common import (compare, generation_rate, memory_row, pair, preprocessing_floor, preprocessing_row,  # noqa: E402
+                    real_images, resolve_sizes, table, tower_row)
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.geometry.anyres import anyres_num_tokens  # noqa: E402
@@ -61,9 +61,8 @@ def bench(size: str, next_: bool, new_tokens: int) -> list[dict]:
     name = "LLaVA-NeXT" if next_ else "LLaVA-1.5"
     repeats = 10 if size == "tiny" else 4
     crops = x["pixel_values"].flatten(0, -4)  # (crops, 3, H, W)
-    tower = dict(name=f"{name} vision tower ({crops.shape[0]} crops)", size=size, kind="vision",
-                 **compare(lambda: hf.model.vision_tower(crops), lambda: ours.vision_tower(crops), repeats=repeats))
-    out = [tower if size == "tiny" else kernel_floor(tower, lambda: hf.model.vision_tower(crops))]
+    out = [tower_row(f"{name} vision tower ({crops.shape[0]} crops)", size, lambda: hf.model.vision_tower(crops),
+                     lambda: ours.vision_tower(crops), repeats=repeats)]
     out.append(dict(name=f"{name} prefill ({x['input_ids'].shape[1]} tokens)", size=size, kind="prefill",
                      **compare(lambda: hf(**x), lambda: ours(**x), repeats=repeats)))
     out.append(memory_row(f"{name} prefill peak memory", size, {"theirs": lambda: hf(**x), "ours": lambda: ours(**x)}))

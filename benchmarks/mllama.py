@@ -15,7 +15,8 @@ import transformers
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, generation_rate, kernel_floor, memory_row, pair, preprocessing_floor, ratio, resolve_sizes, table  # noqa: E402
+from common import (compare, generation_rate, memory_row, pair, preprocessing_floor, ratio, resolve_sizes,  # noqa: E402
+                    table, tower_row)
 
 import vlmhub  # noqa: E402,F401
 from vlmhub.processing.mllama import VlmhubMllamaImageProcessor  # noqa: E402
@@ -86,9 +87,8 @@ def bench_model(size: str, new_tokens: int) -> tuple[list[dict], list[dict]]:
     hf, ours = models(size)
     x = inputs(size, [(2, 2)])
     tiles = {key: x[key] for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
-    tower = dict(name="vision tower, 1 image, 4 tiles", size=size, kind="vision",
-                 **compare(lambda: hf.model.vision_model(**tiles), lambda: ours.vision_model(*tiles.values()), repeats=5))
-    rows = [tower if size == "tiny" else kernel_floor(tower, lambda: hf.model.vision_model(**tiles))]
+    rows = [tower_row("vision tower, 1 image, 4 tiles", size, lambda: hf.model.vision_model(**tiles),
+                      lambda: ours.vision_model(*tiles.values()), repeats=5)]
     decode = []
     for label, grids in (("1 image, 4 tiles", [(2, 2)]), ("2 images, 4 + 2 tiles", [(2, 2), (1, 2)])):
         x = inputs(size, grids)

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, kernel_floor, memory_row, pair, preprocessing_row, real_images, resolve_sizes, table  # noqa: E402
+from common import compare, memory_row, pair, preprocessing_row, real_images, resolve_sizes, table, tower_row  # noqa: E402
 
 MID = "base"  # the size `run.py --sizes mid` picks
 
@@ -26,9 +26,8 @@ def bench_vit(size: str, batch: int, device: str):
     hf, ours = pair(transformers.ViTModel(transformers.ViTConfig(**SIZES[size])))
     hf, ours = hf.to(device), ours.to(device)
     pixels = torch.randn(batch, 3, SIZES[size]["image_size"], SIZES[size]["image_size"], device=device)
-    row = dict(name=f"ViT forward (batch {batch})", size=size, kind="vision",
-               **compare(lambda: hf(pixels), lambda: ours(pixels), repeats=10 if size == "tiny" else 5))
-    return [row if size == "tiny" else kernel_floor(row, lambda: hf(pixels)),
+    return [tower_row(f"ViT forward (batch {batch})", size, lambda: hf(pixels), lambda: ours(pixels),
+                      repeats=10 if size == "tiny" else 5),
             memory_row(f"ViT forward peak memory (batch {batch})", size, {"theirs": lambda: hf(pixels), "ours": lambda: ours(pixels)})]
 
 
@@ -46,9 +45,8 @@ def bench_clip(size: str, batch: int, device: str):
     mask = torch.ones_like(ids)
     out = []
     repeats = 10 if size == "tiny" else 5
-    row = dict(name=f"CLIP image features (batch {batch})", size=size, kind="vision",
-               **compare(lambda: hf.get_image_features(pixels), lambda: ours.get_image_features(pixels), repeats=repeats))
-    out.append(row if size == "tiny" else kernel_floor(row, lambda: hf.get_image_features(pixels)))
+    out.append(tower_row(f"CLIP image features (batch {batch})", size, lambda: hf.get_image_features(pixels),
+                         lambda: ours.get_image_features(pixels), repeats=repeats))
     t = compare(lambda: hf.get_text_features(ids, mask), lambda: ours.get_text_features(ids, mask), repeats=repeats)
     out.append(dict(name=f"CLIP text features (batch {batch}, 77 tokens)", size=size, kind="text", **t))
     t = compare(lambda: hf(input_ids=ids, attention_mask=mask, pixel_values=pixels),
